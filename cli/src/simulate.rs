@@ -1,0 +1,9 @@
+//! `coherence simulate` (in progress).
+use crate::error::CliResult;
+/// Flags of `coherence simulate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+/// Runs the command.
+pub fn run(_a: Args) -> CliResult {
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! pcs (in progress)
