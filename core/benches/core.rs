@@ -1,1 +1,2 @@
+//! Benchmarks of coherence-core (in progress).
 fn main() {}

@@ -1,1 +1,630 @@
-//! window (in progress)
+//! Rolling windows over sample timestamps, their statistics and drift risk.
+//!
+//! A window of span `w` ending at `t` holds the samples with `t − w < ts ≤ t` (the same
+//! half-open interval as pandas' `rolling("1h")`). Updates are O(1) amortised: the running
+//! moments are updated on insert and eviction and recomputed exactly from the buffer once for
+//! every `len` evictions, so rounding error cannot accumulate over a long stream, and also when
+//! an evicted value carried most of the window's sum of squares (an outlier leaving), where the
+//! subtraction would otherwise cancel the remaining variance's digits.
+
+use crate::stats::{Moments, volatility_index};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+
+/// Default minimum number of samples before a window's risk is assessed.
+pub const DEFAULT_MIN_SAMPLES: u64 = 10;
+
+/// The span of a window, parsed from `Ns`, `Nm`, `Nh` or `Nd` (e.g. `5m`, `1h`, `24h`, `90s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WindowSpan {
+    ms: i64,
+}
+
+/// A window span that does not parse.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("window: expected a positive duration like 90s, 5m, 1h or 7d, got {0:?}")]
+pub struct SpanError(pub String);
+
+impl WindowSpan {
+    /// A span of whole seconds (at least one).
+    pub fn from_secs(secs: u64) -> Result<Self, SpanError> {
+        let ms = i64::try_from(secs).ok().and_then(|s| s.checked_mul(1000));
+        match ms {
+            Some(ms) if ms > 0 => Ok(Self { ms }),
+            _ => Err(SpanError(format!("{secs}s"))),
+        }
+    }
+
+    /// Length in milliseconds.
+    pub fn as_millis(&self) -> i64 {
+        self.ms
+    }
+}
+
+impl FromStr for WindowSpan {
+    type Err = SpanError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || SpanError(s.to_string());
+        let t = s.trim();
+        let (digits, unit) = t.split_at(t.len().saturating_sub(1));
+        let mult: u64 = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(err()),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err());
+        }
+        let n: u64 = digits.parse().map_err(|_| err())?;
+        let secs = n.checked_mul(mult).ok_or_else(err)?;
+        Self::from_secs(secs).map_err(|_| err())
+    }
+}
+
+impl fmt::Display for WindowSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.ms / 1000;
+        if self.ms % 1000 != 0 {
+            write!(f, "{}ms", self.ms)
+        } else if s % 86_400 == 0 {
+            write!(f, "{}d", s / 86_400)
+        } else if s % 3600 == 0 {
+            write!(f, "{}h", s / 3600)
+        } else if s % 60 == 0 {
+            write!(f, "{}m", s / 60)
+        } else {
+            write!(f, "{s}s")
+        }
+    }
+}
+
+impl Serialize for WindowSpan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WindowSpan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a sample was not taken into a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// NaN or ±infinity.
+    #[error("value: expected a finite number")]
+    NonFinite,
+    /// Older than the window that already ended.
+    #[error("ts: sample is older than the window")]
+    Late,
+}
+
+/// A rolling window over sample timestamps.
+#[derive(Debug, Clone)]
+pub struct RollingWindow {
+    span: WindowSpan,
+    samples: VecDeque<(i64, f64)>,
+    moments: Moments,
+    end_ms: Option<i64>,
+    evictions_since_exact: usize,
+    rejected_non_finite: u64,
+    rejected_late: u64,
+}
+
+impl RollingWindow {
+    /// An empty window of the given span.
+    pub fn new(span: WindowSpan) -> Self {
+        Self {
+            span,
+            samples: VecDeque::new(),
+            moments: Moments::new(),
+            end_ms: None,
+            evictions_since_exact: 0,
+            rejected_non_finite: 0,
+            rejected_late: 0,
+        }
+    }
+
+    /// The window's span.
+    pub fn span(&self) -> WindowSpan {
+        self.span
+    }
+
+    /// Adds a sample; the window's end moves to the newest timestamp seen. Samples that arrive
+    /// out of order but still inside the window are kept; older ones are rejected as late.
+    pub fn push(&mut self, ts_ms: i64, value: f64) -> Result<(), Rejected> {
+        if !value.is_finite() {
+            self.rejected_non_finite += 1;
+            return Err(Rejected::NonFinite);
+        }
+        let end = self.end_ms.map_or(ts_ms, |e| e.max(ts_ms));
+        if ts_ms <= end - self.span.ms {
+            self.rejected_late += 1;
+            return Err(Rejected::Late);
+        }
+        match self.samples.back() {
+            Some(&(last, _)) if ts_ms < last => {
+                let at = self.samples.partition_point(|&(t, _)| t <= ts_ms);
+                self.samples.insert(at, (ts_ms, value));
+            }
+            _ => self.samples.push_back((ts_ms, value)),
+        }
+        self.moments.push(value);
+        self.advance_to(end);
+        Ok(())
+    }
+
+    /// Moves the window's end to `now_ms` (never backwards), evicting what falls out.
+    pub fn advance_to(&mut self, now_ms: i64) {
+        let end = self.end_ms.map_or(now_ms, |e| e.max(now_ms));
+        self.end_ms = Some(end);
+        let cutoff = end - self.span.ms;
+        let mut cancelled = false;
+        while let Some(&(t, v)) = self.samples.front() {
+            if t > cutoff {
+                break;
+            }
+            self.samples.pop_front();
+            if !self.moments.remove(v) {
+                cancelled = true;
+            }
+            self.evictions_since_exact += 1;
+        }
+        // Recompute exactly when an eviction cancelled most of the sum of squares (an outlier
+        // left) and, regardless, once per `len` evictions so rounding cannot accumulate.
+        if cancelled || self.evictions_since_exact > self.samples.len().max(64) {
+            self.moments = Moments::of(self.samples.iter().map(|&(_, v)| v));
+            self.evictions_since_exact = 0;
+        }
+    }
+
+    /// Number of samples in the window.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether the window holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The samples in the window, oldest first.
+    pub fn samples(&self) -> impl ExactSizeIterator<Item = (i64, f64)> + '_ {
+        self.samples.iter().copied()
+    }
+
+    /// The window's statistics now.
+    pub fn stats(&self) -> WindowStats {
+        let end = self.end_ms.unwrap_or(0);
+        let mean = self.moments.mean();
+        let stdev = self.moments.stdev();
+        WindowStats {
+            window: self.span,
+            start_ms: end - self.span.ms,
+            end_ms: end,
+            n: self.moments.n(),
+            mean,
+            stdev,
+            volatility_index: volatility_index(mean, stdev),
+            rejected_non_finite: self.rejected_non_finite,
+            rejected_late: self.rejected_late,
+        }
+    }
+}
+
+/// Statistics of one window: the numbers and the interval they were computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowStats {
+    /// The window's span.
+    pub window: WindowSpan,
+    /// Exclusive start of the interval, ms since the epoch.
+    pub start_ms: i64,
+    /// Inclusive end of the interval, ms since the epoch.
+    pub end_ms: i64,
+    /// Number of samples.
+    pub n: u64,
+    /// Arithmetic mean.
+    pub mean: f64,
+    /// Sample standard deviation (n − 1).
+    pub stdev: f64,
+    /// `stdev / |mean|`.
+    pub volatility_index: f64,
+    /// Samples rejected for being NaN or infinite, since the window was created.
+    pub rejected_non_finite: u64,
+    /// Samples rejected for arriving after their window had passed.
+    pub rejected_late: u64,
+}
+
+/// Drift risk of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftRisk {
+    /// Too few samples to judge: never a pass.
+    InsufficientData,
+    /// Volatility and level within bounds.
+    Low,
+    /// Volatility or level in the warning band.
+    Medium,
+    /// Volatility or level beyond the warning band.
+    High,
+}
+
+impl DriftRisk {
+    /// The gauge value exported as `coherence_workload_drift_risk` (0 low, 1 medium, 2 high;
+    /// `None` for insufficient data, which is not exported as a level).
+    pub fn level(self) -> Option<u8> {
+        match self {
+            DriftRisk::InsufficientData => None,
+            DriftRisk::Low => Some(0),
+            DriftRisk::Medium => Some(1),
+            DriftRisk::High => Some(2),
+        }
+    }
+
+    /// The lowercase name used in JSON and status fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftRisk::InsufficientData => "insufficient_data",
+            DriftRisk::Low => "low",
+            DriftRisk::Medium => "medium",
+            DriftRisk::High => "high",
+        }
+    }
+}
+
+/// Thresholds of the drift-risk rules for one signal.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DriftThresholds {
+    /// High when `volatilityIndex` is above this.
+    pub volatility_high: f64,
+    /// Medium when `volatilityIndex` is above this (and not high).
+    pub volatility_medium: f64,
+    /// High when the mean is below this (for level-like signals such as a 0–100 score).
+    pub mean_high_below: Option<f64>,
+    /// Medium when the mean is below this (and not high).
+    pub mean_medium_below: Option<f64>,
+    /// Fewer samples than this is `insufficient_data`.
+    pub min_samples: u64,
+}
+
+impl Default for DriftThresholds {
+    fn default() -> Self {
+        Self::coherence_score()
+    }
+}
+
+impl DriftThresholds {
+    /// The rules for a 0–100 coherence score: volatility 0.10 / 0.25, mean 80 / 60.
+    pub fn coherence_score() -> Self {
+        Self {
+            volatility_high: 0.25,
+            volatility_medium: 0.10,
+            mean_high_below: Some(60.0),
+            mean_medium_below: Some(80.0),
+            min_samples: DEFAULT_MIN_SAMPLES,
+        }
+    }
+
+    /// The rules for a signal whose level carries no meaning of its own (qps, latency, cost):
+    /// volatility only.
+    pub fn volatility_only() -> Self {
+        Self {
+            mean_high_below: None,
+            mean_medium_below: None,
+            ..Self::coherence_score()
+        }
+    }
+
+    /// Checks that the thresholds are ordered; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        if !finite_nonneg(self.volatility_medium) {
+            return Err("volatilityMedium: expected a finite number ≥ 0".into());
+        }
+        if !(finite_nonneg(self.volatility_high) && self.volatility_high >= self.volatility_medium)
+        {
+            return Err("volatilityHigh: expected a finite number ≥ volatilityMedium".into());
+        }
+        if let (Some(h), Some(m)) = (self.mean_high_below, self.mean_medium_below) {
+            if !(h.is_finite() && m.is_finite() && m >= h) {
+                return Err("meanMediumBelow: expected a finite number ≥ meanHighBelow".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Assesses a window's statistics, returning the risk and the rule that decided it.
+    pub fn assess(&self, s: &WindowStats) -> (DriftRisk, String) {
+        if s.n < self.min_samples {
+            return (
+                DriftRisk::InsufficientData,
+                format!("n = {} < minSamples = {}", s.n, self.min_samples),
+            );
+        }
+        let vi = s.volatility_index;
+        if vi > self.volatility_high {
+            return (
+                DriftRisk::High,
+                format!("volatilityIndex {vi:.4} > {}", self.volatility_high),
+            );
+        }
+        if let Some(h) = self.mean_high_below.filter(|&h| s.mean < h) {
+            return (DriftRisk::High, format!("mean {:.4} < {h}", s.mean));
+        }
+        if vi > self.volatility_medium {
+            return (
+                DriftRisk::Medium,
+                format!(
+                    "{} < volatilityIndex {vi:.4} ≤ {}",
+                    self.volatility_medium, self.volatility_high
+                ),
+            );
+        }
+        if let Some(m) = self.mean_medium_below.filter(|&m| s.mean < m) {
+            return (DriftRisk::Medium, format!("mean {:.4} < {m}", s.mean));
+        }
+        let mut rule = format!("volatilityIndex {vi:.4} ≤ {}", self.volatility_medium);
+        if let Some(m) = self.mean_medium_below {
+            rule.push_str(&format!(" and mean {:.4} ≥ {m}", s.mean));
+        }
+        (DriftRisk::Low, rule)
+    }
+}
+
+/// The explainable answer for one signal over one window, in the original engine's JSON shape
+/// (`coherenceMean`, `volatilityIndex`, `predictedDriftRisk`, `timestamp`) plus its inputs and
+/// method.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalSummary {
+    /// Signal name.
+    pub signal: String,
+    /// Window label (`1h`).
+    pub window: WindowSpan,
+    /// Mean of the window.
+    pub coherence_mean: f64,
+    /// Sample standard deviation of the window.
+    pub stdev: f64,
+    /// `stdev / |mean|`.
+    pub volatility_index: f64,
+    /// Drift risk by the thresholds in `meta`.
+    pub predicted_drift_risk: DriftRisk,
+    /// Number of samples in the window.
+    pub n: u64,
+    /// End of the window (RFC 3339).
+    pub timestamp: String,
+    /// What went in: interval, counts, source.
+    pub inputs: SummaryInputs,
+    /// How it was made: method, rule, thresholds, engine version.
+    pub meta: SummaryMeta,
+}
+
+/// The inputs of a [`SignalSummary`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryInputs {
+    /// Exclusive start of the window (RFC 3339).
+    pub window_start: String,
+    /// Inclusive end of the window (RFC 3339).
+    pub window_end: String,
+    /// Samples in the window.
+    pub n: u64,
+    /// Samples rejected as NaN/infinite.
+    pub rejected_non_finite: u64,
+    /// Samples rejected as late.
+    pub rejected_late: u64,
+    /// Where the samples came from (a file, a scrape target).
+    pub source: String,
+}
+
+/// The method of a [`SignalSummary`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryMeta {
+    /// Method name.
+    pub method: &'static str,
+    /// The rule that decided the risk.
+    pub rule: String,
+    /// The thresholds applied.
+    pub thresholds: DriftThresholds,
+    /// Engine version.
+    pub engine_version: &'static str,
+}
+
+/// Method name carried in [`SummaryMeta`].
+pub const WINDOW_METHOD: &str =
+    "rolling window over sample timestamps (t-w, t]; Welford mean and sample stdev (n-1)";
+
+impl SignalSummary {
+    /// Builds the explainable summary of a window's statistics.
+    pub fn new(
+        signal: &str,
+        stats: &WindowStats,
+        thresholds: &DriftThresholds,
+        source: &str,
+    ) -> Self {
+        let (risk, rule) = thresholds.assess(stats);
+        let ts = crate::telemetry::format_ts_ms;
+        Self {
+            signal: signal.to_string(),
+            window: stats.window,
+            coherence_mean: stats.mean,
+            stdev: stats.stdev,
+            volatility_index: stats.volatility_index,
+            predicted_drift_risk: risk,
+            n: stats.n,
+            timestamp: ts(stats.end_ms),
+            inputs: SummaryInputs {
+                window_start: ts(stats.start_ms),
+                window_end: ts(stats.end_ms),
+                n: stats.n,
+                rejected_non_finite: stats.rejected_non_finite,
+                rejected_late: stats.rejected_late,
+                source: source.to_string(),
+            },
+            meta: SummaryMeta {
+                method: WINDOW_METHOD,
+                rule,
+                thresholds: *thresholds,
+                engine_version: crate::ENGINE_VERSION,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn span(s: &str) -> WindowSpan {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn spans_parse_and_print() {
+        assert_eq!(span("5m").as_millis(), 300_000);
+        assert_eq!(span("24h").as_millis(), 86_400_000);
+        assert_eq!(span("90s").to_string(), "90s");
+        assert_eq!(span("120s").to_string(), "2m");
+        assert_eq!(span("2d").to_string(), "2d");
+        for bad in [
+            "",
+            "h",
+            "0m",
+            "5",
+            "5w",
+            "-5m",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            let e = bad.parse::<WindowSpan>().unwrap_err();
+            assert!(e.to_string().starts_with("window: expected"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn window_is_half_open_and_evicts() {
+        let mut w = RollingWindow::new(span("10s"));
+        for (t, v) in [(0, 1.0), (5_000, 2.0), (10_000, 3.0)] {
+            w.push(t, v).unwrap();
+        }
+        // (0, 10s]: the sample at t = 0 is out.
+        let s = w.stats();
+        assert_eq!(s.n, 2);
+        assert_eq!(s.mean, 2.5);
+        assert!((s.stdev - 0.5f64.sqrt()).abs() < 1e-12);
+        w.advance_to(25_000);
+        assert_eq!(w.stats().n, 0);
+    }
+
+    #[test]
+    fn rejects_non_finite_and_late_samples_and_counts_them() {
+        let mut w = RollingWindow::new(span("1m"));
+        w.push(120_000, 5.0).unwrap();
+        assert_eq!(w.push(121_000, f64::NAN), Err(Rejected::NonFinite));
+        assert_eq!(w.push(121_000, f64::INFINITY), Err(Rejected::NonFinite));
+        assert_eq!(w.push(60_000, 1.0), Err(Rejected::Late));
+        w.push(90_000, 7.0).unwrap(); // out of order, still inside
+        let s = w.stats();
+        assert_eq!((s.n, s.rejected_non_finite, s.rejected_late), (2, 2, 1));
+        assert_eq!(s.mean, 6.0);
+        assert!(s.mean.is_finite() && s.stdev.is_finite());
+        let order: Vec<i64> = w.samples().map(|(t, _)| t).collect();
+        assert_eq!(order, vec![90_000, 120_000]);
+    }
+
+    #[test]
+    fn drift_rules_follow_the_contract() {
+        let t = DriftThresholds::coherence_score();
+        let stats = |n, mean, vi| WindowStats {
+            window: span("1h"),
+            start_ms: 0,
+            end_ms: 0,
+            n,
+            mean,
+            stdev: vi * mean,
+            volatility_index: vi,
+            rejected_non_finite: 0,
+            rejected_late: 0,
+        };
+        assert_eq!(
+            t.assess(&stats(9, 95.0, 0.01)).0,
+            DriftRisk::InsufficientData
+        );
+        assert_eq!(t.assess(&stats(10, 95.0, 0.01)).0, DriftRisk::Low);
+        assert_eq!(t.assess(&stats(10, 95.0, 0.10)).0, DriftRisk::Low);
+        assert_eq!(t.assess(&stats(10, 95.0, 0.11)).0, DriftRisk::Medium);
+        assert_eq!(t.assess(&stats(10, 95.0, 0.25)).0, DriftRisk::Medium);
+        assert_eq!(t.assess(&stats(10, 95.0, 0.26)).0, DriftRisk::High);
+        assert_eq!(t.assess(&stats(10, 79.9, 0.01)).0, DriftRisk::Medium);
+        assert_eq!(t.assess(&stats(10, 80.0, 0.01)).0, DriftRisk::Low);
+        assert_eq!(t.assess(&stats(10, 59.9, 0.01)).0, DriftRisk::High);
+        let v = DriftThresholds::volatility_only();
+        assert_eq!(v.assess(&stats(10, 5.0, 0.01)).0, DriftRisk::Low);
+        assert!(
+            DriftThresholds {
+                volatility_high: 0.05,
+                ..t
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn summary_carries_inputs_and_method() {
+        let mut w = RollingWindow::new(span("1h"));
+        for i in 0..12 {
+            w.push(1_793_491_200_000 + i * 10_000, 90.0 + (i % 2) as f64)
+                .unwrap();
+        }
+        let s = SignalSummary::new("coherence", &w.stats(), &DriftThresholds::default(), "test");
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["predictedDriftRisk"], "low");
+        assert_eq!(j["n"], 12);
+        assert_eq!(j["window"], "1h");
+        assert_eq!(j["inputs"]["windowEnd"], "2026-11-01T00:01:50Z");
+        assert_eq!(j["meta"]["thresholds"]["meanHighBelow"], 60.0);
+        assert!(
+            j["meta"]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("volatilityIndex")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn rolling_matches_recomputation(
+            steps in prop::collection::vec((0i64..20_000, -1e4f64..1e4), 1..400)
+        ) {
+            let mut w = RollingWindow::new(span("30s"));
+            let mut t = 0i64;
+            let mut all = Vec::new();
+            for (dt, v) in steps {
+                t += dt;
+                w.push(t, v).unwrap();
+                all.push((t, v));
+                let inside: Vec<f64> =
+                    all.iter().filter(|&&(ts, _)| ts > t - 30_000).map(|&(_, v)| v).collect();
+                let exact = Moments::of(inside.iter().copied());
+                let s = w.stats();
+                prop_assert_eq!(s.n as usize, inside.len());
+                prop_assert!((s.mean - exact.mean()).abs() <= 1e-7 * (1.0 + exact.mean().abs()));
+                prop_assert!((s.stdev - exact.stdev()).abs() <= 1e-6 * (1.0 + exact.stdev()));
+            }
+        }
+    }
+}
