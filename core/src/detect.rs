@@ -8,9 +8,12 @@
 //!
 //! The risk of a finding whose statistic `v` exceeds its threshold `t` is
 //! `clamp(0.5 + 0.5·(v − t)/t, 0, 1)`: 0.5 right at the threshold, 1 at twice the threshold.
-//! The spike detector blends frequency and magnitude instead (see [`spike`]).
+//! The spike and robust-z detectors blend frequency and magnitude instead: with `f` the
+//! fraction of recent points beyond the cutoff `c` and `z` the largest excursion,
+//! `risk = 0.5·min(1, f/0.2) + 0.5·clamp((z − c)/c, 0, 1)` — a couple of points just past the
+//! cutoff stay weak evidence, many far past it are strong.
 
-use crate::stats::{Moments, least_squares, mad, mean_abs_dev, median};
+use crate::stats::{Moments, f_test_p, least_squares, mad, mean_abs_dev, median};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -23,6 +26,9 @@ pub type Point = (i64, f64);
 pub struct DetectorConfig {
     /// Variance escalation: flag when recent variance / baseline variance exceeds this.
     pub variance_ratio: f64,
+    /// Variance escalation: the ratio must also be significant at this level under a one-sided
+    /// F test, so ordinary sampling noise in short windows does not flag.
+    pub variance_alpha: f64,
     /// Spike: a point above `μ + k·σ` of the baseline is a spike.
     pub spike_sigma: f64,
     /// Spike: a finding needs at least this many spikes in the recent third.
@@ -49,6 +55,7 @@ impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
             variance_ratio: 1.5,
+            variance_alpha: 0.0001,
             spike_sigma: 2.5,
             spike_min_count: 3,
             trend_increase: 0.30,
@@ -83,6 +90,12 @@ impl DetectorConfig {
                     above.max(0.0)
                 ));
             }
+        }
+        if !(self.variance_alpha > 0.0 && self.variance_alpha < 1.0) {
+            return Err(format!(
+                "varianceAlpha: expected a number in (0, 1), got {}",
+                self.variance_alpha
+            ));
         }
         if self.trend_min_r2 > 1.0 {
             return Err(format!(
@@ -169,6 +182,17 @@ pub struct Finding {
     pub evidence: Evidence,
 }
 
+/// Risk of `count` of `n` recent points beyond cutoff `c`, the largest at `z_max`.
+pub fn frequency_magnitude_risk(count: usize, n: usize, z_max: f64, c: f64) -> f64 {
+    let f = if n == 0 { 0.0 } else { count as f64 / n as f64 };
+    let magnitude = if c > 0.0 {
+        ((z_max - c) / c).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    (0.5 * (f / 0.2).min(1.0) + 0.5 * magnitude).clamp(0.0, 1.0)
+}
+
 /// Risk of a statistic `v` that exceeds its threshold `t`.
 pub fn exceedance_risk(v: f64, t: f64) -> f64 {
     if t <= 0.0 {
@@ -238,6 +262,13 @@ struct VarianceRatio {
     base: Moments,
     recent: Moments,
     ratio: f64,
+    p: f64,
+}
+
+impl VarianceRatio {
+    fn escalated(&self, cfg: &DetectorConfig) -> bool {
+        self.ratio > cfg.variance_ratio && self.p < cfg.variance_alpha
+    }
 }
 
 fn variance_ratio(s: &Split<'_>) -> VarianceRatio {
@@ -245,10 +276,12 @@ fn variance_ratio(s: &Split<'_>) -> VarianceRatio {
     let recent = moments(s.recent);
     let floor = floor_sd(base.mean()).powi(2);
     let ratio = recent.variance() / base.variance().max(floor);
+    let p = f_test_p(ratio, (recent.n() - 1) as f64, (base.n() - 1) as f64);
     VarianceRatio {
         base,
         recent,
         ratio,
+        p,
     }
 }
 
@@ -260,26 +293,26 @@ pub fn variance_escalation(
 ) -> Option<Finding> {
     let s = split(points, cfg)?;
     let v = variance_ratio(&s);
-    (v.ratio > cfg.variance_ratio).then(|| {
+    v.escalated(cfg).then(|| {
         finding(
             FindingKind::VarianceEscalation,
             signal,
             points,
             exceedance_risk(v.ratio, cfg.variance_ratio),
-            "sample variance of the last third / sample variance of the first two thirds",
+            "sample variance of the last third / sample variance of the first two thirds; one-sided F test",
             &[
                 ("baselineVariance", v.base.variance()),
                 ("recentVariance", v.recent.variance()),
                 ("ratio", v.ratio),
+                ("pValue", v.p),
             ],
-            &[("varianceRatio", cfg.variance_ratio)],
+            &[("varianceRatio", cfg.variance_ratio), ("varianceAlpha", cfg.variance_alpha)],
         )
     })
 }
 
 /// Spike: recent points above `μ + k·σ` of the baseline. Needs `spike_min_count` of them; risk
-/// `clamp(0.5·min(1, f/0.2) + 0.5·min(1, z_max/(2k)), 0, 1)` from the fraction `f` of recent
-/// points that spike and the largest excursion `z_max` in baseline deviations.
+/// by [`frequency_magnitude_risk`] with the excursion in baseline standard deviations.
 pub fn spike(signal: &str, points: &[Point], cfg: &DetectorConfig) -> Option<Finding> {
     let s = split(points, cfg)?;
     let b = moments(s.base);
@@ -296,9 +329,7 @@ pub fn spike(signal: &str, points: &[Point], cfg: &DetectorConfig) -> Option<Fin
     if count < cfg.spike_min_count.max(1) {
         return None;
     }
-    let frac = count as f64 / s.recent.len() as f64;
-    let risk = (0.5 * (frac / 0.2).min(1.0) + 0.5 * (z_max / (2.0 * cfg.spike_sigma)).min(1.0))
-        .clamp(0.0, 1.0);
+    let risk = frequency_magnitude_risk(count, s.recent.len(), z_max, cfg.spike_sigma);
     Some(finding(
         FindingKind::Spike,
         signal,
@@ -383,7 +414,8 @@ pub fn trend(signal: &str, points: &[Point], cfg: &DetectorConfig) -> Option<Fin
 
 /// Robust z: `0.6745·(x − median)/MAD` of recent points against the baseline's median and MAD
 /// (when MAD is 0, `(x − median)/(1.253314·meanAbsDev)`, Iglewicz and Hoaglin's fallback; when
-/// that is 0 too, no finding). Needs `robust_min_count` outliers above `robust_z`.
+/// that is 0 too, no finding). Needs `robust_min_count` outliers above `robust_z`; risk by
+/// [`frequency_magnitude_risk`].
 pub fn robust_z(signal: &str, points: &[Point], cfg: &DetectorConfig) -> Option<Finding> {
     let s = split(points, cfg)?;
     let base = values(s.base);
@@ -412,7 +444,7 @@ pub fn robust_z(signal: &str, points: &[Point], cfg: &DetectorConfig) -> Option<
             FindingKind::RobustZ,
             signal,
             points,
-            exceedance_risk(z_max, cfg.robust_z),
+            frequency_magnitude_risk(count, s.recent.len(), z_max, cfg.robust_z),
             "|0.6745*(x - median)/MAD| of the last third against the first two thirds",
             &[
                 ("median", med),
@@ -428,12 +460,13 @@ pub fn robust_z(signal: &str, points: &[Point], cfg: &DetectorConfig) -> Option<
     })
 }
 
-/// Seizure: variance escalation of CPU while its mean holds within `seizure_mean_tolerance`.
+/// Seizure: variance escalation of CPU (ratio and F test as in [`variance_escalation`]) while
+/// its mean holds within `seizure_mean_tolerance`.
 pub fn seizure(cpu: &[Point], cfg: &DetectorConfig) -> Option<Finding> {
     let s = split(cpu, cfg)?;
     let v = variance_ratio(&s);
     let shift = (v.recent.mean() - v.base.mean()).abs() / v.base.mean().abs().max(floor_sd(0.0));
-    (v.ratio > cfg.variance_ratio && shift <= cfg.seizure_mean_tolerance).then(|| {
+    (v.escalated(cfg) && shift <= cfg.seizure_mean_tolerance).then(|| {
         finding(
             FindingKind::Seizure,
             "cpu",
@@ -444,11 +477,16 @@ pub fn seizure(cpu: &[Point], cfg: &DetectorConfig) -> Option<Finding> {
                 ("baselineVariance", v.base.variance()),
                 ("recentVariance", v.recent.variance()),
                 ("ratio", v.ratio),
+                ("pValue", v.p),
                 ("baselineMean", v.base.mean()),
                 ("recentMean", v.recent.mean()),
                 ("meanShift", shift),
             ],
-            &[("varianceRatio", cfg.variance_ratio), ("seizureMeanTolerance", cfg.seizure_mean_tolerance)],
+            &[
+                ("varianceRatio", cfg.variance_ratio),
+                ("varianceAlpha", cfg.variance_alpha),
+                ("seizureMeanTolerance", cfg.seizure_mean_tolerance),
+            ],
         )
     })
 }
@@ -693,6 +731,10 @@ mod tests {
         assert_eq!(exceedance_risk(1.5, 1.5), 0.5);
         assert_eq!(exceedance_risk(3.0, 1.5), 1.0);
         assert!(exceedance_risk(2.0, 1.5) > 0.5 && exceedance_risk(2.0, 1.5) < 1.0);
+        // Two points just past the cutoff are weak; a third of the points far past it is strong.
+        assert!(frequency_magnitude_risk(2, 30, 3.6, 3.5) < 0.2);
+        assert_eq!(frequency_magnitude_risk(10, 30, 7.0, 3.5), 1.0);
+        assert_eq!(frequency_magnitude_risk(0, 0, 0.0, 3.5), 0.0);
     }
 
     #[test]

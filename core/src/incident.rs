@@ -1,13 +1,14 @@
 //! Incident correlation: findings of one workload close in time become one incident with a
 //! risk, a primary pattern, a narrative and a veto recommendation.
 //!
-//! Findings are sorted by time; a finding joins the open incident of its workload when it is
+//! Findings weaker than `min_finding_risk` (0.4) are left out. The rest are sorted by time; a finding joins the open incident of its workload when it is
 //! at most `merge_gap` (5 minutes) after that incident's latest finding, otherwise it opens a new
 //! one. A cascade whose phases follow each other therefore stays one incident, told in order.
 //!
-//! The incident's risk is the noisy-or of the strongest finding of each kind,
-//! `1 − Π_k (1 − max risk of kind k)`: independent kinds of evidence add up, repeats of the
-//! same evidence do not. It alerts above `alert_risk` (0.8).
+//! The incident's risk is the noisy-or over evidence families of the strongest finding in each,
+//! `1 − Π_f (1 − max risk in family f)`, with the families outliers {spike, robust z},
+//! variance {variance escalation, seizure}, growth {trend, fever} and amplification
+//! {auto-immune}: independent evidence adds up, two views of the same evidence do not. It alerts above `alert_risk` (0.8).
 
 use crate::detect::{Finding, FindingKind};
 use crate::telemetry::format_ts_ms;
@@ -62,6 +63,16 @@ pub fn veto_for(kind: FindingKind) -> VetoAction {
     }
 }
 
+/// The evidence family of a kind: kinds in one family look at the same thing.
+pub fn family(kind: FindingKind) -> &'static str {
+    match kind {
+        FindingKind::Spike | FindingKind::RobustZ => "outliers",
+        FindingKind::VarianceEscalation | FindingKind::Seizure => "variance",
+        FindingKind::Trend | FindingKind::Fever => "growth",
+        FindingKind::AutoImmune => "amplification",
+    }
+}
+
 // Ties in risk are broken by how much the pattern says about what will happen next.
 fn precedence(kind: FindingKind) -> u8 {
     match kind {
@@ -85,6 +96,8 @@ pub struct IncidentConfig {
     pub alert_risk: f64,
     /// Incidents below this risk carry no veto recommendation.
     pub veto_min_risk: f64,
+    /// Findings below this risk are counted but neither open nor join an incident.
+    pub min_finding_risk: f64,
 }
 
 impl Default for IncidentConfig {
@@ -93,6 +106,7 @@ impl Default for IncidentConfig {
             merge_gap_ms: 5 * 60_000,
             alert_risk: 0.8,
             veto_min_risk: 0.5,
+            min_finding_risk: 0.4,
         }
     }
 }
@@ -148,6 +162,7 @@ pub struct Incident {
 
 /// Merges findings (of any workloads, in any order) into incidents, ordered by start.
 pub fn correlate(mut findings: Vec<HostFinding>, cfg: &IncidentConfig) -> Vec<Incident> {
+    findings.retain(|f| f.finding.risk >= cfg.min_finding_risk);
     findings.sort_by(|a, b| {
         (a.finding.at_ms, &a.workload, &a.host, a.finding.kind).cmp(&(
             b.finding.at_ms,
@@ -206,15 +221,27 @@ fn build(group: Vec<HostFinding>, cfg: &IncidentConfig) -> Option<Incident> {
             None => strongest.push(f.clone()),
         }
     }
+    let mut max_by_family: BTreeMap<&str, f64> = BTreeMap::new();
+    for (k, r) in &max_by_kind {
+        let m = max_by_family.entry(family(*k)).or_insert(0.0);
+        *m = m.max(*r);
+    }
     let risk = 1.0
-        - max_by_kind
+        - max_by_family
             .values()
             .fold(1.0, |acc, r| acc * (1.0 - r.clamp(0.0, 1.0)));
-    let pattern = max_by_kind
+    // Of the patterns severe on their own, the most consequential decides; otherwise the
+    // strongest evidence does.
+    let severe = max_by_kind
         .iter()
-        .max_by(|a, b| {
-            a.1.total_cmp(b.1)
-                .then(precedence(*a.0).cmp(&precedence(*b.0)))
+        .filter(|(_, r)| **r >= cfg.alert_risk)
+        .max_by_key(|(k, _)| precedence(**k));
+    let pattern = severe
+        .or_else(|| {
+            max_by_kind.iter().max_by(|a, b| {
+                a.1.total_cmp(b.1)
+                    .then(precedence(*a.0).cmp(&precedence(*b.0)))
+            })
         })
         .map(|(k, _)| *k)?;
     let veto = (risk >= cfg.veto_min_risk).then(|| veto_for(pattern));
@@ -367,7 +394,8 @@ mod tests {
                 hf("api", "a", FindingKind::Seizure, 10, 1.0),
                 hf("api", "a", FindingKind::Fever, 15, 0.9),
                 hf("api", "b", FindingKind::AutoImmune, 20, 1.0),
-                hf("api", "a", FindingKind::Spike, 26, 0.3),
+                hf("api", "a", FindingKind::Spike, 26, 0.45),
+                hf("api", "a", FindingKind::Spike, 40, 0.3),
                 hf("db", "x", FindingKind::Trend, 12, 0.6),
             ],
             &cfg,
@@ -383,7 +411,7 @@ mod tests {
                 FindingKind::AutoImmune
             ]
         );
-        // Equal risk: the retry storm takes precedence over the seizure.
+        // Both severe: the retry storm takes precedence over the seizure.
         assert_eq!(cascade.pattern, FindingKind::AutoImmune);
         assert_eq!(cascade.veto, Some(VetoAction::CircuitBreak));
         assert_eq!(cascade.hosts, vec!["a".to_string(), "b".to_string()]);
@@ -401,10 +429,11 @@ mod tests {
         assert_eq!(inc[1].workload, "db");
         assert_eq!(inc[1].veto, Some(VetoAction::PauseRollout));
         assert!(!inc[1].alert);
-        // The lone spike 6 minutes later is its own incident, too weak for a veto.
+        // The lone spike 6 minutes later is its own incident, too weak for a veto; the one at
+        // 0.3 is below the finding floor and forms none.
         assert_eq!(inc[2].findings, 1);
         assert_eq!(inc[2].veto, None);
-        assert!((inc[2].risk - 0.3).abs() < 1e-12);
+        assert!((inc[2].risk - 0.45).abs() < 1e-12);
     }
 
     #[test]
@@ -419,7 +448,33 @@ mod tests {
         );
         assert_eq!(inc.len(), 1);
         assert!((inc[0].risk - (1.0 - 0.4 * 0.5)).abs() < 1e-12);
+        // Spike and robust z are one family: the stronger counts, they do not add up.
+        let same = correlate(
+            vec![
+                hf("api", "a", FindingKind::Spike, 1, 0.6),
+                hf("api", "a", FindingKind::RobustZ, 1, 0.7),
+            ],
+            &IncidentConfig::default(),
+        );
+        assert!((same[0].risk - 0.7).abs() < 1e-12);
+        // Nothing severe on its own: the strongest evidence decides.
         assert_eq!(inc[0].pattern, FindingKind::Spike);
+        let severe = correlate(
+            vec![
+                hf("api", "a", FindingKind::Seizure, 1, 1.0),
+                hf("api", "a", FindingKind::AutoImmune, 2, 0.85),
+            ],
+            &IncidentConfig::default(),
+        );
+        assert_eq!(severe[0].pattern, FindingKind::AutoImmune);
+        let weak_storm = correlate(
+            vec![
+                hf("api", "a", FindingKind::Seizure, 1, 1.0),
+                hf("api", "a", FindingKind::AutoImmune, 2, 0.6),
+            ],
+            &IncidentConfig::default(),
+        );
+        assert_eq!(weak_storm[0].pattern, FindingKind::Seizure);
         assert!(correlate(Vec::new(), &IncidentConfig::default()).is_empty());
     }
 }

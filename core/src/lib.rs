@@ -7,6 +7,7 @@
 //! `coherence-operator`) wire I/O around these functions.
 
 pub mod canon;
+pub mod collect;
 pub mod detect;
 pub mod finops;
 pub mod incident;

@@ -172,6 +172,7 @@ struct Host {
     stressed: bool,
     rng: SplitMix64,
     base_qps: f64,
+    base_memory_mb: f64,
     memory_mb: f64,
 }
 
@@ -205,6 +206,7 @@ impl Simulator {
                     stressed,
                     rng,
                     base_qps,
+                    base_memory_mb: memory_mb,
                     memory_mb,
                 });
             }
@@ -260,13 +262,16 @@ impl Simulator {
         let mut cost_mult = 1.0;
         match phase {
             Phase::Healthy | Phase::Crashed => {
-                host.memory_mb += 0.4 * z[5];
+                // A working set: memory wanders but returns to its level (AR(1), φ = 0.3).
+                host.memory_mb =
+                    host.base_memory_mb + 0.3 * (host.memory_mb - host.base_memory_mb) + 2.0 * z[5];
             }
             Phase::Seizure => {
                 // Bursts of saturation and starvation around the same mean.
                 cpu += sign * 30.0 + 4.0 * z[1];
                 latency += 8.0 * z[2].abs();
-                host.memory_mb += 0.4 * z[5];
+                host.memory_mb =
+                    host.base_memory_mb + 0.3 * (host.memory_mb - host.base_memory_mb) + 2.0 * z[5];
             }
             Phase::Fever => {
                 let since = (ms - timeline.fever_start_ms) as f64 / 1000.0;

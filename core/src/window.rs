@@ -343,6 +343,21 @@ impl DriftThresholds {
         Ok(())
     }
 
+    /// The risk of a window's statistics (the fast path of [`DriftThresholds::assess`]).
+    pub fn risk(&self, s: &WindowStats) -> DriftRisk {
+        let vi = s.volatility_index;
+        if s.n < self.min_samples {
+            DriftRisk::InsufficientData
+        } else if vi > self.volatility_high || self.mean_high_below.is_some_and(|h| s.mean < h) {
+            DriftRisk::High
+        } else if vi > self.volatility_medium || self.mean_medium_below.is_some_and(|m| s.mean < m)
+        {
+            DriftRisk::Medium
+        } else {
+            DriftRisk::Low
+        }
+    }
+
     /// Assesses a window's statistics, returning the risk and the rule that decided it.
     pub fn assess(&self, s: &WindowStats) -> (DriftRisk, String) {
         if s.n < self.min_samples {
@@ -571,6 +586,15 @@ mod tests {
         assert_eq!(t.assess(&stats(10, 79.9, 0.01)).0, DriftRisk::Medium);
         assert_eq!(t.assess(&stats(10, 80.0, 0.01)).0, DriftRisk::Low);
         assert_eq!(t.assess(&stats(10, 59.9, 0.01)).0, DriftRisk::High);
+        for (n, mean, vi) in [
+            (9, 95.0, 0.01),
+            (10, 95.0, 0.11),
+            (10, 95.0, 0.3),
+            (10, 70.0, 0.0),
+            (10, 50.0, 0.2),
+        ] {
+            assert_eq!(t.risk(&stats(n, mean, vi)), t.assess(&stats(n, mean, vi)).0);
+        }
         let v = DriftThresholds::volatility_only();
         assert_eq!(v.assess(&stats(10, 5.0, 0.01)).0, DriftRisk::Low);
         assert!(
