@@ -1,9 +1,367 @@
-//! `coherence encrypt` (in progress).
-use crate::error::CliResult;
+//! AES-256-GCM encryption of JSONL lines, and `coherence encrypt`.
+//!
+//! The key is `COHERENCE_AES_KEY`: standard base64 of 32 bytes. A line's encrypted form is
+//! `base64(nonce ‖ ciphertext ‖ tag)` in standard base64 with padding, with a fresh random
+//! 12-byte nonce per line and the 16-byte GCM tag, so equal lines encrypt differently and any
+//! change to an encrypted line is detected when it is decrypted.
+
+use crate::error::{CliError, CliResult};
+use crate::validate::{open_input, trim_newline};
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rand::RngCore;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Stdout, Write};
+use std::path::{Path, PathBuf};
+
+/// Environment variable holding the line key.
+pub const KEY_ENV: &str = "COHERENCE_AES_KEY";
+/// Bytes of the AES-256 key.
+pub const KEY_LEN: usize = 32;
+/// Bytes of the per-line GCM nonce.
+pub const NONCE_LEN: usize = 12;
+/// Bytes of the GCM authentication tag.
+pub const TAG_LEN: usize = 16;
+/// The largest plaintext AES-GCM accepts (2^36 − 32 bytes would do; keep a round margin).
+const MAX_PLAINTEXT: usize = 1 << 35;
+
+/// Encrypts and decrypts single lines with one AES-256-GCM key.
+#[derive(Clone)]
+pub struct LineCipher {
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for LineCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key must never reach logs.
+        f.write_str("LineCipher { key: <redacted> }")
+    }
+}
+
+impl LineCipher {
+    /// The cipher of `COHERENCE_AES_KEY`, `None` when it is unset; exit 64 when it is malformed.
+    pub fn from_env() -> Result<Option<LineCipher>, CliError> {
+        match std::env::var(KEY_ENV) {
+            Ok(v) => Self::from_key_b64(&v).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(CliError::config(format!(
+                "{KEY_ENV}: expected standard base64 of {KEY_LEN} bytes, got a value that is not UTF-8"
+            ))),
+        }
+    }
+
+    /// The cipher of a standard-base64 key of 32 bytes (surrounding whitespace is ignored).
+    pub fn from_key_b64(key_b64: &str) -> Result<LineCipher, CliError> {
+        let key = STANDARD.decode(key_b64.trim()).map_err(|e| {
+            CliError::config(format!(
+                "{KEY_ENV}: expected standard base64 of {KEY_LEN} bytes, but it is not base64 ({e})"
+            ))
+        })?;
+        if key.len() != KEY_LEN {
+            return Err(CliError::config(format!(
+                "{KEY_ENV}: expected standard base64 of {KEY_LEN} bytes, got {} bytes \
+                 (generate one with: head -c 32 /dev/urandom | base64)",
+                key.len()
+            )));
+        }
+        let cipher = Aes256Gcm::new_from_slice(&key)
+            .map_err(|_| CliError::config(format!("{KEY_ENV}: expected {KEY_LEN} bytes")))?;
+        Ok(LineCipher { cipher })
+    }
+
+    /// Encrypts one line: `base64(nonce ‖ ciphertext ‖ tag)` with a fresh random nonce.
+    ///
+    /// # Panics
+    ///
+    /// When `plaintext` is longer than 32 GiB, beyond what AES-GCM can encrypt under one nonce;
+    /// [`LineCipher::try_encrypt_line`] returns an error instead.
+    #[allow(
+        dead_code,
+        reason = "line API for the commands that write encrypted JSONL; `encrypt` itself reports oversize lines"
+    )]
+    pub fn encrypt_line(&self, plaintext: &str) -> String {
+        match self.try_encrypt_line(plaintext) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Encrypts one line, or says why it cannot be (only a line longer than 32 GiB).
+    pub fn try_encrypt_line(&self, plaintext: &str) -> Result<String, String> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(format!(
+                "line of {} bytes: expected at most {MAX_PLAINTEXT} bytes for AES-GCM",
+                plaintext.len()
+            ));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+            .map_err(|_| format!("line of {} bytes: AES-GCM refused it", plaintext.len()))?;
+        let mut framed = Vec::with_capacity(NONCE_LEN + sealed.len());
+        framed.extend_from_slice(&nonce);
+        framed.extend_from_slice(&sealed);
+        Ok(STANDARD.encode(framed))
+    }
+
+    /// Decrypts one encrypted line; the error says what was wrong with it.
+    pub fn decrypt_line(&self, line: &str) -> Result<String, String> {
+        let framed = STANDARD
+            .decode(line.trim())
+            .map_err(|e| format!("not base64: {e}"))?;
+        if framed.len() < NONCE_LEN + TAG_LEN {
+            return Err(format!(
+                "too short: {} bytes, expected at least {} (12-byte nonce and 16-byte tag)",
+                framed.len(),
+                NONCE_LEN + TAG_LEN
+            ));
+        }
+        let (nonce, sealed) = framed.split_at(NONCE_LEN);
+        let plain = self
+            .cipher
+            .decrypt(Nonce::from_slice(nonce), sealed)
+            .map_err(|_| "authentication failed: wrong key, or the line was altered".to_string())?;
+        String::from_utf8(plain).map_err(|e| {
+            format!(
+                "not UTF-8 after decryption (byte {} is not part of a character)",
+                e.utf8_error().valid_up_to() + 1
+            )
+        })
+    }
+}
+
 /// Flags of `coherence encrypt`.
 #[derive(Debug, clap::Args)]
-pub struct EncryptArgs {}
-/// Runs the command.
-pub fn run_encrypt(_a: EncryptArgs) -> CliResult {
+#[command(
+    after_help = "The key is read from COHERENCE_AES_KEY (standard base64 of 32 bytes; \
+generate one with `head -c 32 /dev/urandom | base64`). Each non-empty line becomes \
+base64(nonce ‖ ciphertext ‖ tag); empty lines are dropped."
+)]
+pub struct EncryptArgs {
+    /// JSONL file to encrypt (`-` reads stdin).
+    #[arg(value_name = "FILE.jsonl")]
+    pub file: PathBuf,
+    /// Where to write the result (default stdout; `-` is stdout). Written whole or not at all.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Decrypt a file written by `coherence encrypt` instead; a line that does not decrypt
+    /// stops with its line number (exit 65).
+    #[arg(long)]
+    pub decrypt: bool,
+}
+
+/// Runs `coherence encrypt`.
+pub fn run_encrypt(a: EncryptArgs) -> CliResult {
+    let cipher = LineCipher::from_env()?.ok_or_else(|| {
+        CliError::config(format!(
+            "{KEY_ENV} is not set: expected standard base64 of {KEY_LEN} bytes \
+             (generate one with: head -c 32 /dev/urandom | base64)"
+        ))
+    })?;
+    let mut input = open_input(&a.file)?;
+    let mut out = Output::create(a.out.as_deref())?;
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    let mut written = 0u64;
+    loop {
+        buf.clear();
+        let n = input
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| CliError::input(&a.file, e))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let raw = trim_newline(&buf);
+        let at = |reason: String| {
+            CliError::data(format!("{}: line {line_no}: {reason}", a.file.display()))
+        };
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            at(format!(
+                "not valid UTF-8 (byte {} is not part of a character)",
+                e.valid_up_to() + 1
+            ))
+        })?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let converted = if a.decrypt {
+            cipher.decrypt_line(text)
+        } else {
+            cipher.try_encrypt_line(text)
+        }
+        .map_err(at)?;
+        out.write_line(&converted)?;
+        written += 1;
+    }
+    out.finish()?;
+    let verb = if a.decrypt { "decrypted" } else { "encrypted" };
+    eprintln!("{written} lines {verb}");
     Ok(())
+}
+
+/// Where a command writes its result: stdout, or a file that appears only once complete
+/// (written to a temporary sibling and renamed), so a failed run leaves no half file behind.
+pub(crate) struct Output {
+    target: Target,
+}
+
+enum Target {
+    Stdout(BufWriter<Stdout>),
+    File {
+        writer: Option<BufWriter<File>>,
+        tmp: PathBuf,
+        dest: PathBuf,
+    },
+}
+
+impl Output {
+    /// Stdout for `None` or `-`, else the file at `path` (exit 74 when it cannot be created).
+    pub(crate) fn create(path: Option<&Path>) -> Result<Self, CliError> {
+        let dest = match path {
+            None => return Ok(Self::stdout()),
+            Some(p) if p == Path::new("-") => return Ok(Self::stdout()),
+            Some(p) => p.to_path_buf(),
+        };
+        let mut name = dest.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".partial-{}", std::process::id()));
+        let tmp = dest.with_file_name(name);
+        let file = File::create(&tmp).map_err(|e| CliError::output(&dest, e))?;
+        Ok(Self {
+            target: Target::File {
+                writer: Some(BufWriter::new(file)),
+                tmp,
+                dest,
+            },
+        })
+    }
+
+    fn stdout() -> Self {
+        Self {
+            target: Target::Stdout(BufWriter::new(io::stdout())),
+        }
+    }
+
+    fn name(&self) -> &Path {
+        match &self.target {
+            Target::Stdout(_) => Path::new("stdout"),
+            Target::File { dest, .. } => dest,
+        }
+    }
+
+    /// Writes `line` and a newline.
+    pub(crate) fn write_line(&mut self, line: &str) -> CliResult {
+        let res = match &mut self.target {
+            Target::Stdout(w) => writeln!(w, "{line}"),
+            Target::File { writer, .. } => match writer {
+                Some(w) => writeln!(w, "{line}"),
+                None => Ok(()),
+            },
+        };
+        res.map_err(|e| CliError::output(self.name(), e))
+    }
+
+    /// Flushes, and moves a file into place.
+    pub(crate) fn finish(mut self) -> CliResult {
+        let name = self.name().to_path_buf();
+        match &mut self.target {
+            Target::Stdout(w) => w.flush().map_err(|e| CliError::output(&name, e)),
+            Target::File { writer, tmp, dest } => {
+                if let Some(w) = writer.take() {
+                    let file = w
+                        .into_inner()
+                        .map_err(|e| CliError::output(dest, e.error()))?;
+                    file.sync_all().map_err(|e| CliError::output(dest, e))?;
+                }
+                fs::rename(&*tmp, &*dest).map_err(|e| CliError::output(dest, e))
+            }
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Target::File { tmp, .. } = &self.target {
+            // After a successful rename the temporary name is gone and this is a no-op.
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    #[test]
+    fn lines_round_trip_with_fresh_nonces() {
+        let c = LineCipher::from_key_b64(KEY).unwrap();
+        let line = r#"{"ts":"2026-11-01T00:00:00Z","qps":1.5,"note":"é"}"#;
+        let a = c.encrypt_line(line);
+        let b = c.encrypt_line(line);
+        assert_ne!(a, b, "two encryptions of one line must differ");
+        assert_eq!(c.decrypt_line(&a).unwrap(), line);
+        assert_eq!(c.decrypt_line(&b).unwrap(), line);
+        let framed = STANDARD.decode(&a).unwrap();
+        assert_eq!(framed.len(), NONCE_LEN + line.len() + TAG_LEN);
+    }
+
+    #[test]
+    fn frame_is_nonce_then_ciphertext_then_tag() {
+        let c = LineCipher::from_key_b64(KEY).unwrap();
+        let framed = STANDARD.decode(c.encrypt_line("hello")).unwrap();
+        let key = STANDARD.decode(KEY).unwrap();
+        let raw = Aes256Gcm::new_from_slice(&key).unwrap();
+        let plain = raw
+            .decrypt(
+                Nonce::from_slice(&framed[..NONCE_LEN]),
+                &framed[NONCE_LEN..],
+            )
+            .unwrap();
+        assert_eq!(plain, b"hello");
+    }
+
+    #[test]
+    fn decrypt_errors_say_what_was_wrong() {
+        let c = LineCipher::from_key_b64(KEY).unwrap();
+        assert!(c.decrypt_line("@@@").unwrap_err().starts_with("not base64"));
+        assert!(c.decrypt_line("AAAA").unwrap_err().starts_with("too short"));
+        let other = LineCipher::from_key_b64(&STANDARD.encode([7u8; 32])).unwrap();
+        let e = other.decrypt_line(&c.encrypt_line("x")).unwrap_err();
+        assert!(e.starts_with("authentication failed"), "{e}");
+        let mut framed = STANDARD.decode(c.encrypt_line("abc")).unwrap();
+        framed[NONCE_LEN] ^= 1;
+        let e = c.decrypt_line(&STANDARD.encode(&framed)).unwrap_err();
+        assert!(e.starts_with("authentication failed"), "{e}");
+        // Valid ciphertext of bytes that are not UTF-8.
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[0] = 9;
+        let key = STANDARD.decode(KEY).unwrap();
+        let sealed = Aes256Gcm::new_from_slice(&key)
+            .unwrap()
+            .encrypt(Nonce::from_slice(&nonce), &[0xffu8, 0xfe][..])
+            .unwrap();
+        let line = STANDARD.encode([&nonce[..], &sealed].concat());
+        assert!(c.decrypt_line(&line).unwrap_err().starts_with("not UTF-8"));
+    }
+
+    #[test]
+    fn malformed_keys_are_config_errors_naming_the_variable() {
+        for bad in ["not base64!", "AAAA", ""] {
+            let e = LineCipher::from_key_b64(bad).unwrap_err();
+            assert_eq!(e.code, 64);
+            assert!(e.msg.contains(KEY_ENV), "{}", e.msg);
+            assert!(e.msg.contains("32 bytes"), "{}", e.msg);
+        }
+        assert!(LineCipher::from_key_b64(&format!("  {KEY}\n")).is_ok());
+        let dbg = format!("{:?}", LineCipher::from_key_b64(KEY).unwrap());
+        assert!(!dbg.contains(KEY));
+    }
 }
