@@ -6,16 +6,15 @@
 //! change to an encrypted line is detected when it is decrypted.
 
 use crate::error::{CliError, CliResult};
-use crate::validate::{open_input, trim_newline};
+use crate::files::{Output, open_input, trim_newline};
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Stdout, Write};
-use std::path::{Path, PathBuf};
+
+use std::path::PathBuf;
 
 /// Environment variable holding the line key.
 pub const KEY_ENV: &str = "COHERENCE_AES_KEY";
@@ -203,94 +202,6 @@ pub fn run_encrypt(a: EncryptArgs) -> CliResult {
     let verb = if a.decrypt { "decrypted" } else { "encrypted" };
     eprintln!("{written} lines {verb}");
     Ok(())
-}
-
-/// Where a command writes its result: stdout, or a file that appears only once complete
-/// (written to a temporary sibling and renamed), so a failed run leaves no half file behind.
-pub(crate) struct Output {
-    target: Target,
-}
-
-enum Target {
-    Stdout(BufWriter<Stdout>),
-    File {
-        writer: Option<BufWriter<File>>,
-        tmp: PathBuf,
-        dest: PathBuf,
-    },
-}
-
-impl Output {
-    /// Stdout for `None` or `-`, else the file at `path` (exit 74 when it cannot be created).
-    pub(crate) fn create(path: Option<&Path>) -> Result<Self, CliError> {
-        let dest = match path {
-            None => return Ok(Self::stdout()),
-            Some(p) if p == Path::new("-") => return Ok(Self::stdout()),
-            Some(p) => p.to_path_buf(),
-        };
-        let mut name = dest.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".partial-{}", std::process::id()));
-        let tmp = dest.with_file_name(name);
-        let file = File::create(&tmp).map_err(|e| CliError::output(&dest, e))?;
-        Ok(Self {
-            target: Target::File {
-                writer: Some(BufWriter::new(file)),
-                tmp,
-                dest,
-            },
-        })
-    }
-
-    fn stdout() -> Self {
-        Self {
-            target: Target::Stdout(BufWriter::new(io::stdout())),
-        }
-    }
-
-    fn name(&self) -> &Path {
-        match &self.target {
-            Target::Stdout(_) => Path::new("stdout"),
-            Target::File { dest, .. } => dest,
-        }
-    }
-
-    /// Writes `line` and a newline.
-    pub(crate) fn write_line(&mut self, line: &str) -> CliResult {
-        let res = match &mut self.target {
-            Target::Stdout(w) => writeln!(w, "{line}"),
-            Target::File { writer, .. } => match writer {
-                Some(w) => writeln!(w, "{line}"),
-                None => Ok(()),
-            },
-        };
-        res.map_err(|e| CliError::output(self.name(), e))
-    }
-
-    /// Flushes, and moves a file into place.
-    pub(crate) fn finish(mut self) -> CliResult {
-        let name = self.name().to_path_buf();
-        match &mut self.target {
-            Target::Stdout(w) => w.flush().map_err(|e| CliError::output(&name, e)),
-            Target::File { writer, tmp, dest } => {
-                if let Some(w) = writer.take() {
-                    let file = w
-                        .into_inner()
-                        .map_err(|e| CliError::output(dest, e.error()))?;
-                    file.sync_all().map_err(|e| CliError::output(dest, e))?;
-                }
-                fs::rename(&*tmp, &*dest).map_err(|e| CliError::output(dest, e))
-            }
-        }
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        if let Target::File { tmp, .. } = &self.target {
-            // After a successful rename the temporary name is gone and this is a no-op.
-            let _ = fs::remove_file(tmp);
-        }
-    }
 }
 
 #[cfg(test)]

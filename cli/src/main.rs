@@ -3,6 +3,7 @@
 mod aes;
 mod analyze;
 mod error;
+mod files;
 mod keys;
 mod pcs;
 mod score;
@@ -10,7 +11,6 @@ mod simulate;
 mod validate;
 
 use clap::{Parser, Subcommand};
-use error::CliError;
 use std::process::ExitCode;
 
 const EXIT_CODES: &str = "\

@@ -3,9 +3,9 @@
 //! The score of a row uses only the rows before it (see `coherence_core::score`). Rows that
 //! cannot be scored are skipped with a message on stderr and counted; they never stop the run.
 
-use crate::aes::Output;
 use crate::error::{CliError, CliResult};
-use crate::validate::{open_input, trim_newline};
+use crate::files::Output;
+use crate::files::{open_input, trim_newline};
 use coherence_core::score::{AnomalyScorer, METHOD, ScoreParams};
 use std::path::PathBuf;
 

@@ -6,12 +6,12 @@
 //! The summary goes to stderr: `N lines valid` (exit 0) or `M of N lines invalid` (exit 1).
 
 use crate::error::{CliError, CliResult};
+use crate::files::{open_input, trim_newline};
 use coherence_core::telemetry::{TelemetryRecord, parse_ts_ms};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{Draft, ValidationError, Validator};
 use serde_json::Value;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// The telemetry contract: JSON Schema 2020-12 of one JSONL line.
@@ -71,21 +71,6 @@ pub fn run(a: Args) -> CliResult {
             "{invalid} of {lines} lines invalid"
         )))
     }
-}
-
-/// Opens a file for buffered reading, or stdin for `-`; a file that cannot be opened is exit 66.
-pub(crate) fn open_input(path: &Path) -> Result<Box<dyn BufRead>, CliError> {
-    if path == Path::new("-") {
-        return Ok(Box::new(BufReader::new(io::stdin())));
-    }
-    let f = File::open(path).map_err(|e| CliError::input(path, e))?;
-    Ok(Box::new(BufReader::new(f)))
-}
-
-/// A line without its `\n` or `\r\n` ending.
-pub(crate) fn trim_newline(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// One problem of one line.

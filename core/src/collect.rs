@@ -24,8 +24,10 @@ const COST: usize = 7;
 pub struct CollectConfig {
     /// Rolling window of the per-signal statistics.
     pub window: WindowSpan,
-    /// Drift thresholds applied to every signal.
+    /// Drift thresholds applied to every signal without its own entry in `drift_by_signal`.
     pub drift: DriftThresholds,
+    /// Drift thresholds of particular signals.
+    pub drift_by_signal: BTreeMap<String, DriftThresholds>,
     /// Detector thresholds.
     pub detectors: DetectorConfig,
     /// Which signals feed which detectors.
@@ -53,6 +55,7 @@ impl Default for CollectConfig {
         Self {
             window: WindowSpan::from_secs(3600).unwrap_or_else(|_| unreachable_span()),
             drift: DriftThresholds::volatility_only(),
+            drift_by_signal: default_drift_by_signal(),
             detectors: DetectorConfig::default(),
             detector_signals: DetectorSignals::default(),
             schedule: ScanSchedule::default(),
@@ -72,10 +75,35 @@ fn unreachable_span() -> WindowSpan {
     WindowSpan::from_secs(1).unwrap_or_else(|_| unreachable_span())
 }
 
+/// Per-signal drift defaults: error counts are small integers whose σ/μ is about `1/√λ` even
+/// when nothing drifts (≈0.6 at 2.6 errors per step), so they get wider volatility bands.
+pub fn default_drift_by_signal() -> BTreeMap<String, DriftThresholds> {
+    let errors = DriftThresholds {
+        volatility_medium: 0.75,
+        volatility_high: 1.5,
+        ..DriftThresholds::volatility_only()
+    };
+    [("errors".to_string(), errors)].into()
+}
+
 impl CollectConfig {
+    /// The drift thresholds of one signal.
+    pub fn drift_for(&self, signal: &str) -> &DriftThresholds {
+        self.drift_by_signal.get(signal).unwrap_or(&self.drift)
+    }
+
     /// Checks every part; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         self.drift.validate()?;
+        for (name, t) in &self.drift_by_signal {
+            if !SIGNALS.contains(&name.as_str()) {
+                return Err(format!(
+                    "drift signal {name:?}: expected one of {}",
+                    SIGNALS.join(", ")
+                ));
+            }
+            t.validate().map_err(|e| format!("drift.{name}.{e}"))?;
+        }
         self.detectors.validate()?;
         self.fti.validate()?;
         self.lambda.validate()?;
@@ -134,6 +162,7 @@ struct Entity {
 pub struct Collector {
     cfg: CollectConfig,
     index: HashMap<Box<str>, HashMap<Box<str>, usize>>,
+    drift: [DriftThresholds; N_SIGNALS],
     entities: Vec<Entity>,
     detect_idx: Vec<usize>,
     finops: [Vec<f64>; 3],
@@ -154,8 +183,10 @@ impl Collector {
             .collect();
         detect_idx.sort_unstable();
         detect_idx.dedup();
+        let drift = std::array::from_fn(|i| *cfg.drift_for(SIGNALS[i]));
         Ok(Self {
             cfg,
+            drift,
             index: HashMap::new(),
             entities: Vec::new(),
             detect_idx,
@@ -185,12 +216,11 @@ impl Collector {
             Some(&i) => i,
             None => self.add_entity(workload, host),
         };
-        let drift = self.cfg.drift;
         let e = &mut self.entities[idx];
         for (i, w) in e.windows.iter_mut().enumerate() {
             // Values were checked finite above; a late sample is counted by the window itself.
             if w.push(ts_ms, values[i]).is_ok() {
-                let r = drift.risk(&w.stats());
+                let r = self.drift[i].risk(&w.stats());
                 e.risk_counts[i][r as usize] += 1;
             }
         }
@@ -325,7 +355,12 @@ fn host_report(e: &Entity, cfg: &CollectConfig) -> HostReport {
     let mut signals = BTreeMap::new();
     let mut worst: Option<DriftRisk> = None;
     for (i, w) in e.windows.iter().enumerate() {
-        let summary = SignalSummary::new(SIGNALS[i], &w.stats(), &cfg.drift, &cfg.source);
+        let summary = SignalSummary::new(
+            SIGNALS[i],
+            &w.stats(),
+            cfg.drift_for(SIGNALS[i]),
+            &cfg.source,
+        );
         let r = summary.predicted_drift_risk;
         worst = Some(worst.map_or(r, |x| x.max(r)));
         let c = e.risk_counts[i];
@@ -551,6 +586,17 @@ mod tests {
         assert!((a.fti_avg.unwrap() - 1.0).abs() < 0.2, "{:?}", a.fti_avg);
         assert_eq!(a.baseline.source, "medians");
         let h = &a.workloads[0];
+        // Healthy hosts do not drift, error counts included.
+        assert!(
+            a.workloads
+                .iter()
+                .filter(|h| h.host.contains("healthy"))
+                .all(|h| h.drift_risk == DriftRisk::Low)
+        );
+        assert_eq!(
+            h.signals["errors"].summary.meta.thresholds.volatility_high,
+            1.5
+        );
         let s = &h.signals["qps"];
         let c = s.drift_risk_counts;
         assert_eq!(c.insufficient_data + c.low + c.medium + c.high, h.samples);
@@ -578,6 +624,17 @@ mod tests {
             Collector::new(bad)
                 .unwrap_err()
                 .starts_with("days_since_change")
+        );
+        let mut by = default_drift_by_signal();
+        by.insert("rps".into(), DriftThresholds::default());
+        let bad = CollectConfig {
+            drift_by_signal: by,
+            ..CollectConfig::default()
+        };
+        assert!(
+            Collector::new(bad)
+                .unwrap_err()
+                .starts_with("drift signal \"rps\"")
         );
     }
 }

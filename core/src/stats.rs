@@ -277,7 +277,7 @@ pub fn inc_beta(x: f64, a: f64, b: f64) -> f64 {
 
 /// Probability that an F(d1, d2) variable exceeds `f` (the p-value of a one-sided F test).
 pub fn f_test_p(f: f64, d1: f64, d2: f64) -> f64 {
-    if !(f > 0.0) || d1 <= 0.0 || d2 <= 0.0 {
+    if f.is_nan() || f <= 0.0 || d1 <= 0.0 || d2 <= 0.0 {
         return 1.0;
     }
     if f.is_infinite() {
