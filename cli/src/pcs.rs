@@ -1,6 +1,6 @@
 //! `coherence pcs sign|verify`: sign and verify Proof-of-Computation Summaries.
 
-use crate::CliError;
+use crate::error::CliError;
 use crate::error::CliResult;
 use coherence_core::pcs::{self, KeyEnv, Outcome, Params, Pcs, Signer, Verifier};
 use std::io::{Read as _, Write as _};
