@@ -1,8 +1,9 @@
 # Coherence — the two commands a new user runs are `make demo` and `make test`.
 
 CARGO ?= cargo
-BIN := target/release/coherence
-DEMO_DIR := target/demo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BIN := $(TARGET_DIR)/release/coherence
+DEMO_DIR := $(TARGET_DIR)/demo
 
 .PHONY: all build demo test lint fmt bench bench-core bench-compare clean
 
