@@ -246,7 +246,25 @@ fn build(group: Vec<HostFinding>, cfg: &IncidentConfig) -> Option<Incident> {
         .map(|(k, _)| *k)?;
     let veto = (risk >= cfg.veto_min_risk).then(|| veto_for(pattern));
     let hosts: Vec<String> = hosts.into_iter().collect();
-    let narrative = narrate(&workload, &hosts, start_ms, end_ms, risk, &strongest, veto);
+    let mut first_seen: BTreeMap<(FindingKind, &str), i64> = BTreeMap::new();
+    for f in &group {
+        first_seen
+            .entry((f.finding.kind, f.finding.signal.as_str()))
+            .or_insert(f.finding.at_ms);
+    }
+    let phrases: Vec<(FindingKind, String)> = strongest
+        .iter()
+        .map(|f| {
+            let first = first_seen
+                .get(&(f.finding.kind, f.finding.signal.as_str()))
+                .copied();
+            (
+                f.finding.kind,
+                phrase(&f.finding, first.unwrap_or(f.finding.at_ms)),
+            )
+        })
+        .collect();
+    let narrative = narrate(&workload, &hosts, start_ms, end_ms, risk, &phrases, veto);
     Some(Incident {
         id: format!("{workload}@{}", format_ts_ms(start_ms)),
         workload,
@@ -267,43 +285,44 @@ fn build(group: Vec<HostFinding>, cfg: &IncidentConfig) -> Option<Incident> {
     })
 }
 
-fn phrase(f: &Finding) -> String {
+// `f` is the strongest finding of its (kind, signal); `first_ms` is when that kind was first seen.
+fn phrase(f: &Finding, first_ms: i64) -> String {
     let i = |k: &str| f.evidence.inputs.get(k).copied().unwrap_or(f64::NAN);
     let t = |k: &str| f.evidence.thresholds.get(k).copied().unwrap_or(f64::NAN);
-    let at = format_ts_ms(f.at_ms);
+    let at = format_ts_ms(first_ms);
     match f.kind {
         FindingKind::Seizure => format!(
-            "compute seizure on cpu by {at} (variance ×{:.1} with the mean steady at {:.1})",
+            "compute seizure on cpu from {at} (variance up to ×{:.1} with the mean steady at {:.1})",
             i("ratio"),
             i("recentMean")
         ),
         FindingKind::Fever => format!(
-            "memory fever by {at} (memory_mb growing {:.2} MiB/s, limit {})",
+            "memory fever from {at} (memory_mb growing up to {:.2} MiB/s, limit {})",
             i("velocityMbPerS"),
             t("allocVelocityMbS")
         ),
         FindingKind::AutoImmune => format!(
-            "retry storm by {at} (requests_out/requests_in {:.1}×, was {:.1}×, limit {}×)",
+            "retry storm from {at} (requests_out/requests_in up to {:.1}×, was {:.1}×, limit {}×)",
             i("amplification"),
             i("baselineAmplification"),
             t("retryAmplification")
         ),
         FindingKind::Trend => format!(
-            "{} rising {:.0}% across the window by {at}",
+            "{} rising up to {:.0}% across the window from {at}",
             f.signal,
             100.0 * i("change")
         ),
         FindingKind::VarianceEscalation => {
-            format!("{} variance ×{:.1} by {at}", f.signal, i("ratio"))
+            format!("{} variance up to ×{:.1} from {at}", f.signal, i("ratio"))
         }
         FindingKind::Spike => format!(
-            "{:.0} spikes on {} up to {:.1}σ by {at}",
+            "{:.0} spikes on {} up to {:.1}σ from {at}",
             i("spikes"),
             f.signal,
             i("maxZ")
         ),
         FindingKind::RobustZ => format!(
-            "{:.0} outliers on {} (robust z up to {:.1}) by {at}",
+            "{:.0} outliers on {} (robust z up to {:.1}) from {at}",
             i("outliers"),
             f.signal,
             i("maxZ")
@@ -317,27 +336,27 @@ fn narrate(
     start_ms: i64,
     end_ms: i64,
     risk: f64,
-    strongest: &[HostFinding],
+    phrases: &[(FindingKind, String)],
     veto: Option<VetoAction>,
 ) -> String {
     // Patterns first (they name what is happening), then at most four supporting findings.
-    let patterns = strongest.iter().filter(|f| {
+    let is_pattern = |k: &FindingKind| {
         matches!(
-            f.finding.kind,
+            k,
             FindingKind::Seizure | FindingKind::Fever | FindingKind::AutoImmune
         )
-    });
-    let support = strongest
+    };
+    let pats: Vec<&str> = phrases
         .iter()
-        .filter(|f| {
-            !matches!(
-                f.finding.kind,
-                FindingKind::Seizure | FindingKind::Fever | FindingKind::AutoImmune
-            )
-        })
-        .take(4);
-    let pats: Vec<String> = patterns.map(|f| phrase(&f.finding)).collect();
-    let sup: Vec<String> = support.map(|f| phrase(&f.finding)).collect();
+        .filter(|(k, _)| is_pattern(k))
+        .map(|(_, p)| p.as_str())
+        .collect();
+    let sup: Vec<&str> = phrases
+        .iter()
+        .filter(|(k, _)| !is_pattern(k))
+        .map(|(_, p)| p.as_str())
+        .take(4)
+        .collect();
     let mut s = format!("{workload} on {}: ", hosts.join(", "));
     if pats.is_empty() {
         s.push_str(&sup.join("; "));
