@@ -6,7 +6,7 @@
 //! change to an encrypted line is detected when it is decrypted.
 
 use crate::error::{CliError, CliResult};
-use crate::files::{Output, open_input, trim_newline};
+use crate::files::{LineReader, Output};
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
@@ -162,21 +162,10 @@ pub fn run_encrypt(a: EncryptArgs) -> CliResult {
              (generate one with: head -c 32 /dev/urandom | base64)"
         ))
     })?;
-    let mut input = open_input(&a.file)?;
+    let mut input = LineReader::open(&a.file)?;
     let mut out = Output::create(a.out.as_deref())?;
-    let mut buf = Vec::new();
-    let mut line_no = 0u64;
     let mut written = 0u64;
-    loop {
-        buf.clear();
-        let n = input
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| CliError::input(&a.file, e))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let raw = trim_newline(&buf);
+    while let Some((line_no, raw)) = input.next_line()? {
         let at = |reason: String| {
             CliError::data(format!("{}: line {line_no}: {reason}", a.file.display()))
         };

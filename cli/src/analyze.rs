@@ -3,7 +3,7 @@
 
 use crate::aes::LineCipher;
 use crate::error::{CliError, CliResult};
-use crate::files::{open_input, trim_newline};
+use crate::files::LineReader;
 use crate::validate::LineChecker;
 use coherence_core::collect::{Analysis, CollectConfig, Collector};
 use coherence_core::detect::ScanSchedule;
@@ -12,7 +12,7 @@ use coherence_core::telemetry::{SIGNALS, parse_ts_ms};
 use coherence_core::window::WindowSpan;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Output format.
@@ -161,23 +161,12 @@ fn config(a: &Args) -> Result<CollectConfig, CliError> {
 pub fn run(a: Args) -> CliResult {
     let cfg = config(&a)?;
     let cipher = LineCipher::from_env()?;
-    let mut input = open_input(&a.file)?;
+    let mut input = LineReader::open(&a.file)?;
     let mut collector = Collector::new(cfg).map_err(CliError::config)?;
     let mut checker: Option<LineChecker> = None;
     let mut skipped = Vec::new();
     let mut skipped_count = 0u64;
-    let mut buf = Vec::with_capacity(512);
-    let mut lineno = 0u64;
-    loop {
-        buf.clear();
-        let n = input
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| CliError::input(&a.file, e))?;
-        if n == 0 {
-            break;
-        }
-        lineno += 1;
-        let raw = trim_newline(&buf);
+    while let Some((lineno, raw)) = input.next_line()? {
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

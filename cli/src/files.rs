@@ -14,6 +14,40 @@ pub(crate) fn open_input(path: &Path) -> Result<Box<dyn BufRead>, CliError> {
     Ok(Box::new(BufReader::new(f)))
 }
 
+/// Reads an input line by line with 1-based line numbers, reusing one buffer.
+pub(crate) struct LineReader {
+    input: Box<dyn BufRead>,
+    path: PathBuf,
+    buf: Vec<u8>,
+    number: u64,
+}
+
+impl LineReader {
+    /// Opens a file, or stdin for `-` (exit 66 when it cannot be opened).
+    pub(crate) fn open(path: &Path) -> Result<Self, CliError> {
+        Ok(Self {
+            input: open_input(path)?,
+            path: path.to_path_buf(),
+            buf: Vec::with_capacity(512),
+            number: 0,
+        })
+    }
+
+    /// The next line's number and bytes without the line ending; `None` at the end.
+    pub(crate) fn next_line(&mut self) -> Result<Option<(u64, &[u8])>, CliError> {
+        self.buf.clear();
+        let n = self
+            .input
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|e| CliError::input(&self.path, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.number += 1;
+        Ok(Some((self.number, trim_newline(&self.buf))))
+    }
+}
+
 /// A line without its `\n` or `\r\n` ending.
 pub(crate) fn trim_newline(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);

@@ -4,8 +4,8 @@
 //! cannot be scored are skipped with a message on stderr and counted; they never stop the run.
 
 use crate::error::{CliError, CliResult};
+use crate::files::LineReader;
 use crate::files::Output;
-use crate::files::{open_input, trim_newline};
 use coherence_core::score::{AnomalyScorer, METHOD, ScoreParams};
 use std::path::PathBuf;
 
@@ -48,25 +48,15 @@ pub fn run(a: Args) -> CliResult {
             params.min_history, a.window
         ))
     })?;
-    let mut input = open_input(&a.file)?;
+    let mut input = LineReader::open(&a.file)?;
     let mut out = Output::create(a.out.as_deref())?;
     out.write_line("timestamp,value,anomaly_score")?;
 
-    let mut buf = Vec::new();
-    let mut line_no = 0u64;
     let mut scored = 0u64;
     let mut skipped = 0u64;
     let mut warming = 0u64;
-    loop {
-        buf.clear();
-        let n = input
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| CliError::input(&a.file, e))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let Ok(line) = std::str::from_utf8(trim_newline(&buf)) else {
+    while let Some((line_no, raw)) = input.next_line()? {
+        let Ok(line) = std::str::from_utf8(raw) else {
             eprintln!("line {line_no}: (row): not valid UTF-8");
             skipped += 1;
             continue;

@@ -6,12 +6,12 @@
 //! The summary goes to stderr: `N lines valid` (exit 0) or `M of N lines invalid` (exit 1).
 
 use crate::error::{CliError, CliResult};
-use crate::files::{open_input, trim_newline};
+use crate::files::LineReader;
 use coherence_core::telemetry::{TelemetryRecord, parse_ts_ms};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{Draft, ValidationError, Validator};
 use serde_json::Value;
-use std::io::{self, BufRead, BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// The telemetry contract: JSON Schema 2020-12 of one JSONL line.
@@ -36,28 +36,20 @@ pub struct Args {
 /// Runs the command.
 pub fn run(a: Args) -> CliResult {
     let checker = LineChecker::new()?;
-    let mut input = open_input(&a.file)?;
+    let mut input = LineReader::open(&a.file)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let out_err = |e: io::Error| CliError::output(Path::new("stdout"), e);
 
-    let mut buf = Vec::new();
-    let mut lines = 0u64;
     let mut invalid = 0u64;
-    loop {
-        buf.clear();
-        let n = input
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| CliError::input(&a.file, e))?;
-        if n == 0 {
-            break;
-        }
-        lines += 1;
-        let problems = checker.check_bytes(trim_newline(&buf));
+    let mut lines = 0u64;
+    while let Some((line_no, raw)) = input.next_line()? {
+        lines = line_no;
+        let problems = checker.check_bytes(raw);
         if !problems.is_empty() {
             invalid += 1;
             for p in problems {
-                writeln!(out, "line {lines}: {}: {}", p.field, p.problem).map_err(out_err)?;
+                writeln!(out, "line {line_no}: {}: {}", p.field, p.problem).map_err(out_err)?;
             }
         }
     }
