@@ -12,8 +12,10 @@ use coherence_core::telemetry::{SIGNALS, parse_ts_ms};
 use coherence_core::window::WindowSpan;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::mpsc::SyncSender;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -157,39 +159,66 @@ fn config(a: &Args) -> Result<CollectConfig, CliError> {
     Ok(cfg)
 }
 
-/// Runs `coherence analyze`.
+// Messages from the parsing thread to the collecting one, sent in batches.
+enum Msg {
+    // A new workload/host, numbered from 0 in order of first sight.
+    Entity(String, String),
+    Sample {
+        line: u64,
+        entity: usize,
+        ts: i64,
+        values: [f64; SIGNALS.len()],
+    },
+    Skip(u64, String),
+}
+
+const BATCH: usize = 4096;
+
+/// Runs `coherence analyze`: one thread reads, decrypts and parses lines, the other keeps the
+/// windows, so parsing — most of the work — overlaps with the statistics.
 pub fn run(a: Args) -> CliResult {
     let cfg = config(&a)?;
     let cipher = LineCipher::from_env()?;
     let mut input = LineReader::open(&a.file)?;
     let mut collector = Collector::new(cfg).map_err(CliError::config)?;
-    let mut checker: Option<LineChecker> = None;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Msg>>(16);
     let mut skipped = Vec::new();
     let mut skipped_count = 0u64;
-    while let Some((lineno, raw)) = input.next_line()? {
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let result = match &cipher {
-            Some(c) => std::str::from_utf8(raw)
-                .map_err(|_| "(root): not valid UTF-8".to_string())
-                .and_then(|l| {
-                    c.decrypt_line(l)
-                        .map_err(|e| format!("(root): cannot decrypt: {e}"))
-                })
-                .and_then(|plain| take(&mut collector, plain.as_bytes(), &mut checker)),
-            None => take(&mut collector, raw, &mut checker),
-        };
-        if let Err(reason) = result {
+    std::thread::scope(|scope| -> CliResult {
+        let parser = scope.spawn(|| parse_all(&mut input, cipher.as_ref(), tx));
+        let mut ids: Vec<usize> = Vec::new();
+        let mut skip = |line: u64, reason: String| {
             skipped_count += 1;
             if skipped.len() < a.max_skipped {
-                skipped.push(Skipped {
-                    line: lineno,
-                    reason,
-                });
+                skipped.push(Skipped { line, reason });
+            }
+        };
+        for batch in rx {
+            for m in batch {
+                match m {
+                    Msg::Entity(w, h) => ids.push(collector.entity(&w, &h)),
+                    Msg::Sample {
+                        line,
+                        entity,
+                        ts,
+                        values,
+                    } => {
+                        let id = ids.get(entity).copied().unwrap_or(usize::MAX);
+                        if let Err(e) = collector.push_to(id, ts, &values) {
+                            skip(line, e.to_string());
+                        }
+                    }
+                    Msg::Skip(line, reason) => skip(line, reason),
+                }
             }
         }
-    }
+        parser.join().map_err(|_| {
+            CliError::data(format!(
+                "{}: the parser stopped unexpectedly",
+                a.file.display()
+            ))
+        })?
+    })?;
     let analysis = collector.finish();
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
@@ -215,16 +244,77 @@ pub fn run(a: Args) -> CliResult {
     }
 }
 
-fn take(
-    collector: &mut Collector,
+fn parse_all(
+    input: &mut LineReader,
+    cipher: Option<&LineCipher>,
+    tx: SyncSender<Vec<Msg>>,
+) -> CliResult {
+    let mut names: HashMap<Box<str>, HashMap<Box<str>, usize>> = HashMap::new();
+    let mut count = 0usize;
+    let mut checker: Option<LineChecker> = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some((line, raw)) = input.next_line()? {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let mut entity = |w: &str, h: &str, batch: &mut Vec<Msg>| -> usize {
+            if let Some(&id) = names.get(w).and_then(|m| m.get(h)) {
+                return id;
+            }
+            names.entry(w.into()).or_default().insert(h.into(), count);
+            batch.push(Msg::Entity(w.to_string(), h.to_string()));
+            count += 1;
+            count - 1
+        };
+        let parsed = match cipher {
+            Some(c) => std::str::from_utf8(raw)
+                .map_err(|_| "(root): not valid UTF-8".to_string())
+                .and_then(|l| {
+                    c.decrypt_line(l)
+                        .map_err(|e| format!("(root): cannot decrypt: {e}"))
+                })
+                .and_then(|plain| {
+                    parse(plain.as_bytes(), &mut checker, |w, h| {
+                        entity(w, h, &mut batch)
+                    })
+                }),
+            None => parse(raw, &mut checker, |w, h| entity(w, h, &mut batch)),
+        };
+        batch.push(match parsed {
+            Ok((entity, ts, values)) => Msg::Sample {
+                line,
+                entity,
+                ts,
+                values,
+            },
+            Err(reason) => Msg::Skip(line, reason),
+        });
+        if batch.len() >= BATCH
+            && tx
+                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+    // The receiver only goes away when the collecting side has stopped; nothing left to tell it.
+    let _ = tx.send(batch);
+    Ok(())
+}
+
+type Parsed = (usize, i64, [f64; SIGNALS.len()]);
+
+fn parse(
     raw: &[u8],
     checker: &mut Option<LineChecker>,
-) -> Result<(), String> {
+    entity: impl FnOnce(&str, &str) -> usize,
+) -> Result<Parsed, String> {
     let line: Line<'_> = match serde_json::from_slice(raw) {
         Ok(l) => l,
         Err(e) => return Err(explain(raw, checker).unwrap_or_else(|| format!("(root): {e}"))),
     };
     let ts = parse_ts_ms(&line.ts).map_err(|e| e.to_string())?;
+    // In the order of SIGNALS.
     let values = [
         line.cpu,
         line.memory_mb,
@@ -235,10 +325,7 @@ fn take(
         line.latency_p95_ms,
         line.infra_cost_usd,
     ];
-    debug_assert_eq!(values.len(), SIGNALS.len());
-    collector
-        .push(&line.workload, &line.host, ts, &values)
-        .map_err(|e| e.to_string())
+    Ok((entity(&line.workload, &line.host), ts, values))
 }
 
 // The telemetry contract names the field; it is only built for the first bad line.

@@ -6,7 +6,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Stdout, Write};
 use std::path::{Path, PathBuf};
 
 /// Opens a file for buffered reading, or stdin for `-`; a file that cannot be opened is exit 66.
-pub(crate) fn open_input(path: &Path) -> Result<Box<dyn BufRead>, CliError> {
+pub(crate) fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, CliError> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(io::stdin())));
     }
@@ -16,7 +16,7 @@ pub(crate) fn open_input(path: &Path) -> Result<Box<dyn BufRead>, CliError> {
 
 /// Reads an input line by line with 1-based line numbers, reusing one buffer.
 pub(crate) struct LineReader {
-    input: Box<dyn BufRead>,
+    input: Box<dyn BufRead + Send>,
     path: PathBuf,
     buf: Vec<u8>,
     number: u64,

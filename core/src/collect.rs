@@ -145,6 +145,18 @@ pub struct InvalidSample {
     pub value: f64,
 }
 
+fn check_values(values: &[f64; N_SIGNALS]) -> Result<(), InvalidSample> {
+    for (i, &v) in values.iter().enumerate() {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(InvalidSample {
+                field: SIGNALS[i],
+                value: v,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 struct Entity {
     workload: String,
@@ -204,23 +216,44 @@ impl Collector {
         ts_ms: i64,
         values: &[f64; N_SIGNALS],
     ) -> Result<(), InvalidSample> {
-        for (i, &v) in values.iter().enumerate() {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(InvalidSample {
-                    field: SIGNALS[i],
-                    value: v,
-                });
-            }
-        }
-        let idx = match self.index.get(workload).and_then(|h| h.get(host)) {
+        check_values(values)?;
+        let idx = self.entity(workload, host);
+        self.push_checked(idx, ts_ms, values);
+        Ok(())
+    }
+
+    /// The id of `workload`/`host`, registering it on first sight (ids count up from 0).
+    pub fn entity(&mut self, workload: &str, host: &str) -> usize {
+        match self.index.get(workload).and_then(|h| h.get(host)) {
             Some(&i) => i,
             None => self.add_entity(workload, host),
-        };
+        }
+    }
+
+    /// Adds one sample to an entity returned by [`Collector::entity`].
+    pub fn push_to(
+        &mut self,
+        entity: usize,
+        ts_ms: i64,
+        values: &[f64; N_SIGNALS],
+    ) -> Result<(), InvalidSample> {
+        check_values(values)?;
+        if entity >= self.entities.len() {
+            return Err(InvalidSample {
+                field: "entity",
+                value: entity as f64,
+            });
+        }
+        self.push_checked(entity, ts_ms, values);
+        Ok(())
+    }
+
+    fn push_checked(&mut self, idx: usize, ts_ms: i64, values: &[f64; N_SIGNALS]) {
         let e = &mut self.entities[idx];
         for (i, w) in e.windows.iter_mut().enumerate() {
             // Values were checked finite above; a late sample is counted by the window itself.
             if w.push(ts_ms, values[i]).is_ok() {
-                let r = self.drift[i].risk(&w.stats());
+                let r = w.risk(&self.drift[i]);
                 e.risk_counts[i][r as usize] += 1;
             }
         }
@@ -235,7 +268,6 @@ impl Collector {
         self.finops[2].push(values[COST]);
         self.first_ms = Some(self.first_ms.map_or(ts_ms, |f| f.min(ts_ms)));
         self.last_ms = Some(self.last_ms.map_or(ts_ms, |l| l.max(ts_ms)));
-        Ok(())
     }
 
     fn add_entity(&mut self, workload: &str, host: &str) -> usize {
@@ -308,6 +340,10 @@ impl Collector {
         let mut findings = Vec::new();
         let mut hosts = Vec::new();
         for mut e in self.entities {
+            // A host registered by lines that all turned out invalid has nothing to report.
+            if e.samples == 0 {
+                continue;
+            }
             let mut series = BTreeMap::new();
             for (sig, mut pts) in std::mem::take(&mut e.series) {
                 pts.sort_by_key(|p| p.0);

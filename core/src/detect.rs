@@ -594,28 +594,28 @@ impl Default for DetectorSignals {
 
 /// Runs every detector on one detection window of one host's signals (each slice sorted by time).
 pub fn detect_window(
-    series: &BTreeMap<String, &[Point]>,
+    series: &BTreeMap<&str, &[Point]>,
     signals: &DetectorSignals,
     cfg: &DetectorConfig,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     for name in &signals.generic {
-        if let Some(&pts) = series.get(name) {
+        if let Some(&pts) = series.get(name.as_str()) {
             out.extend(variance_escalation(name, pts, cfg));
             out.extend(spike(name, pts, cfg));
             out.extend(trend(name, pts, cfg));
             out.extend(robust_z(name, pts, cfg));
         }
     }
-    if let Some(&cpu) = series.get(&signals.cpu) {
+    if let Some(&cpu) = series.get(signals.cpu.as_str()) {
         out.extend(seizure(cpu, cfg));
     }
-    if let Some(&mem) = series.get(&signals.memory_mb) {
+    if let Some(&mem) = series.get(signals.memory_mb.as_str()) {
         out.extend(fever(mem, cfg));
     }
     if let (Some(&rin), Some(&rout)) = (
-        series.get(&signals.requests_in),
-        series.get(&signals.requests_out),
+        series.get(signals.requests_in.as_str()),
+        series.get(signals.requests_out.as_str()),
     ) {
         out.extend(auto_immune(rin, rout, cfg));
     }
@@ -664,13 +664,20 @@ pub fn scan(
     }
     ends.push(last);
     let mut out = Vec::new();
+    // Each series' window bounds only move forward, so they are advanced, not searched.
+    let mut bounds: Vec<(usize, usize)> = vec![(0, 0); series.len()];
     for end in ends {
-        let view: BTreeMap<String, &[Point]> = series
+        let view: BTreeMap<&str, &[Point]> = series
             .iter()
-            .map(|(k, v)| {
-                let lo = v.partition_point(|p| p.0 <= end - schedule.window_ms);
-                let hi = v.partition_point(|p| p.0 <= end);
-                (k.clone(), &v[lo..hi])
+            .zip(bounds.iter_mut())
+            .map(|((k, v), (lo, hi))| {
+                while *hi < v.len() && v[*hi].0 <= end {
+                    *hi += 1;
+                }
+                while *lo < *hi && v[*lo].0 <= end - schedule.window_ms {
+                    *lo += 1;
+                }
+                (k.as_str(), &v[*lo..*hi])
             })
             .collect();
         out.extend(detect_window(&view, signals, cfg));

@@ -1,13 +1,94 @@
 //! Rolling windows over sample timestamps, their statistics and drift risk.
 //!
 //! A window of span `w` ending at `t` holds the samples with `t − w < ts ≤ t` (the same
-//! half-open interval as pandas' `rolling("1h")`). Updates are O(1) amortised: the running
-//! moments are updated on insert and eviction and recomputed exactly from the buffer once for
-//! every `len` evictions, so rounding error cannot accumulate over a long stream, and also when
-//! an evicted value carried most of the window's sum of squares (an outlier leaving), where the
-//! subtraction would otherwise cancel the remaining variance's digits.
+//! half-open interval as pandas' `rolling("1h")`). Updates are O(1) amortised and need no
+//! division: the window keeps shifted sums `S1 = Σ(x − K)` and `S2 = Σ(x − K)²` around a centre
+//! `K` close to the mean, so `μ = K + S1/n` and `σ² = (S2 − S1²/n)/(n − 1)` lose no digits to
+//! cancellation. The sums are recomputed exactly from the buffer, re-centred on the mean, once for
+//! every `len` evictions (rounding cannot accumulate over a long stream), when an evicted value
+//! carried more than half of `S2` (an outlier leaving) and when the mean has wandered more than
+//! four standard deviations from `K`.
 
 use crate::stats::{Moments, volatility_index};
+
+/// Shifted sums of a window: `n`, `Σ(x − k)`, `Σ(x − k)²`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct ShiftedSums {
+    n: u64,
+    k: f64,
+    s1: f64,
+    s2: f64,
+}
+
+impl ShiftedSums {
+    fn exact(values: impl Iterator<Item = f64> + Clone) -> Self {
+        let m = Moments::of(values.clone());
+        let k = m.mean();
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for x in values {
+            let d = x - k;
+            s1 += d;
+            s2 += d * d;
+        }
+        Self {
+            n: m.n(),
+            k,
+            s1,
+            s2,
+        }
+    }
+
+    fn push(&mut self, x: f64) {
+        if self.n == 0 {
+            self.k = x;
+        }
+        let d = x - self.k;
+        self.n += 1;
+        self.s1 += d;
+        self.s2 += d * d;
+    }
+
+    // Returns false when the removal cancelled most of S2.
+    fn remove(&mut self, x: f64) -> bool {
+        let d = x - self.k;
+        let dd = d * d;
+        self.n = self.n.saturating_sub(1);
+        self.s1 -= d;
+        let precise = dd <= 0.5 * self.s2;
+        self.s2 -= dd;
+        precise
+    }
+
+    fn mean(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.k + self.s1 / self.n as f64
+        }
+    }
+
+    // Σ(x − μ)², never negative.
+    fn m2(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            (self.s2 - self.s1 * self.s1 / self.n as f64).max(0.0)
+        }
+    }
+
+    fn variance(&self) -> f64 {
+        if self.n < 2 {
+            0.0
+        } else {
+            self.m2() / (self.n - 1) as f64
+        }
+    }
+
+    // The mean is more than four standard deviations from the centre: 17·S1² > 16·n·S2.
+    fn off_centre(&self) -> bool {
+        17.0 * self.s1 * self.s1 > 16.0 * self.n as f64 * self.s2 && self.s1 != 0.0
+    }
+}
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fmt;
@@ -112,7 +193,7 @@ pub enum Rejected {
 pub struct RollingWindow {
     span: WindowSpan,
     samples: VecDeque<(i64, f64)>,
-    moments: Moments,
+    sums: ShiftedSums,
     end_ms: Option<i64>,
     evictions_since_exact: usize,
     rejected_non_finite: u64,
@@ -125,7 +206,7 @@ impl RollingWindow {
         Self {
             span,
             samples: VecDeque::new(),
-            moments: Moments::new(),
+            sums: ShiftedSums::default(),
             end_ms: None,
             evictions_since_exact: 0,
             rejected_non_finite: 0,
@@ -157,7 +238,7 @@ impl RollingWindow {
             }
             _ => self.samples.push_back((ts_ms, value)),
         }
-        self.moments.push(value);
+        self.sums.push(value);
         self.advance_to(end);
         Ok(())
     }
@@ -173,15 +254,18 @@ impl RollingWindow {
                 break;
             }
             self.samples.pop_front();
-            if !self.moments.remove(v) {
+            if !self.sums.remove(v) {
                 cancelled = true;
             }
             self.evictions_since_exact += 1;
         }
         // Recompute exactly when an eviction cancelled most of the sum of squares (an outlier
         // left) and, regardless, once per `len` evictions so rounding cannot accumulate.
-        if cancelled || self.evictions_since_exact > self.samples.len().max(64) {
-            self.moments = Moments::of(self.samples.iter().map(|&(_, v)| v));
+        if cancelled
+            || self.evictions_since_exact > self.samples.len().max(64)
+            || self.sums.off_centre()
+        {
+            self.sums = ShiftedSums::exact(self.samples.iter().map(|&(_, v)| v));
             self.evictions_since_exact = 0;
         }
     }
@@ -201,16 +285,41 @@ impl RollingWindow {
         self.samples.iter().copied()
     }
 
+    /// The drift risk of the window now, by the same rules as [`DriftThresholds::risk`] but
+    /// without a square root or division (`σ/|μ| > t` is tested as `σ² > (t·μ)²`).
+    pub fn risk(&self, t: &DriftThresholds) -> DriftRisk {
+        let n = self.sums.n;
+        if n < t.min_samples {
+            return DriftRisk::InsufficientData;
+        }
+        let mean = self.sums.mean();
+        let var = self.sums.variance();
+        let above = |thr: f64| {
+            if mean == 0.0 {
+                var > 0.0
+            } else {
+                var > (thr * mean) * (thr * mean)
+            }
+        };
+        if above(t.volatility_high) || t.mean_high_below.is_some_and(|h| mean < h) {
+            DriftRisk::High
+        } else if above(t.volatility_medium) || t.mean_medium_below.is_some_and(|m| mean < m) {
+            DriftRisk::Medium
+        } else {
+            DriftRisk::Low
+        }
+    }
+
     /// The window's statistics now.
     pub fn stats(&self) -> WindowStats {
         let end = self.end_ms.unwrap_or(0);
-        let mean = self.moments.mean();
-        let stdev = self.moments.stdev();
+        let mean = self.sums.mean();
+        let stdev = self.sums.variance().sqrt();
         WindowStats {
             window: self.span,
             start_ms: end - self.span.ms,
             end_ms: end,
-            n: self.moments.n(),
+            n: self.sums.n,
             mean,
             stdev,
             volatility_index: volatility_index(mean, stdev),
@@ -648,6 +757,13 @@ mod tests {
                 prop_assert_eq!(s.n as usize, inside.len());
                 prop_assert!((s.mean - exact.mean()).abs() <= 1e-7 * (1.0 + exact.mean().abs()));
                 prop_assert!((s.stdev - exact.stdev()).abs() <= 1e-6 * (1.0 + exact.stdev()));
+                for t in [DriftThresholds::coherence_score(), DriftThresholds::volatility_only()] {
+                    let slow = t.risk(&s);
+                    let fast = w.risk(&t);
+                    // Only a value within rounding of a threshold may fall on the other side.
+                    let near = |thr: f64| (s.volatility_index - thr).abs() < 1e-9 * (1.0 + thr);
+                    prop_assert!(slow == fast || near(t.volatility_high) || near(t.volatility_medium), "{:?} {:?} {:?}", s, slow, fast);
+                }
             }
         }
     }
