@@ -29,7 +29,9 @@ use coherence_core::rng::SplitMix64;
 use coherence_core::sim::{SimConfig, Simulator};
 use coherence_core::stats::Moments;
 use coherence_core::telemetry::SIGNALS;
-use coherence_core::window::{DriftRisk, DriftThresholds, RollingWindow, WindowSpan};
+use coherence_core::window::{
+    DriftRisk, DriftThresholds, RollingRows, RollingWindow, WindowSpan, rolling_rows_into,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, black_box};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -264,6 +266,8 @@ fn collect_analyze(c: &mut Criterion) {
 struct HostSeries {
     ts: Vec<i64>,
     values: Vec<[f64; 8]>,
+    /// The same values as one column per signal, as a data frame holds them.
+    columns: Vec<Vec<f64>>,
 }
 
 fn kernel_data() -> Vec<HostSeries> {
@@ -277,6 +281,7 @@ fn kernel_data() -> Vec<HostSeries> {
                     HostSeries {
                         ts: Vec::new(),
                         values: Vec::new(),
+                        columns: vec![Vec::new(); 8],
                     },
                 ));
                 hosts.len() - 1
@@ -284,12 +289,31 @@ fn kernel_data() -> Vec<HostSeries> {
         };
         hosts[i].1.ts.push(ts);
         hosts[i].1.values.push(v);
+        for (c, x) in hosts[i].1.columns.iter_mut().zip(v) {
+            c.push(x);
+        }
     }
     hosts.into_iter().map(|(_, s)| s).collect()
 }
 
-/// Rolling 1 h mean and sample stdev of every signal at every sample, per host; returns a
-/// checksum so nothing is optimised away.
+/// Rolling 1 h mean and sample stdev of every signal at every sample, per host, by the columnar
+/// batch kernel — the same computation as pandas' `rolling("1h")` over
+/// a frame's columns, with the 8 signals of a host moving one window together
+/// ([`rolling_rows`]); returns a checksum so nothing is optimised away.
+fn columnar_kernel(hosts: &[HostSeries], out: &mut [RollingRows<8>]) -> f64 {
+    let mut acc = 0.0;
+    for (h, o) in hosts.iter().zip(out.iter_mut()) {
+        rolling_rows_into(&h.ts, &h.values, span_1h(), o)
+            .expect("simulated rows are sorted and finite");
+        if let (Some(m), Some(sd)) = (o.mean.last(), o.stdev.last()) {
+            acc += m.iter().sum::<f64>() + sd.iter().sum::<f64>();
+        }
+    }
+    acc
+}
+
+/// The same with the streaming [`RollingWindow`], one push and `stats()` per sample and signal
+/// (what a sidecar does as samples arrive); returns a checksum.
 fn rolling_kernel(hosts: &[HostSeries]) -> f64 {
     let mut acc = 0.0;
     for h in hosts {
@@ -326,7 +350,23 @@ fn kernel(c: &mut Criterion) {
                 * u64::from(cfg.stressed_hosts)
     };
     g.throughput(Throughput::Elements(samples));
+    // Output buffers are kept across iterations, as a caller computing many windows keeps them;
+    // `rolling_1h_8_signals_1m_fresh_buffers` pays for allocating them every time.
+    let mut outputs: Vec<RollingRows<8>> = Vec::new();
     g.bench_function("rolling_1h_8_signals_1m", |b| {
+        let hosts = data.get_or_insert_with(kernel_data);
+        outputs.resize_with(hosts.len(), RollingRows::default);
+        b.iter(|| black_box(columnar_kernel(black_box(hosts), &mut outputs)))
+    });
+    g.bench_function("rolling_1h_8_signals_1m_fresh_buffers", |b| {
+        let hosts = data.get_or_insert_with(kernel_data);
+        b.iter(|| {
+            let mut fresh: Vec<RollingRows<8>> =
+                (0..hosts.len()).map(|_| RollingRows::default()).collect();
+            black_box(columnar_kernel(black_box(hosts), &mut fresh))
+        })
+    });
+    g.bench_function("streaming_rolling_1h_8_signals_1m", |b| {
         let hosts = data.get_or_insert_with(kernel_data);
         b.iter(|| black_box(rolling_kernel(black_box(hosts))))
     });
