@@ -50,6 +50,37 @@ pub enum Command {
     Verify(VerifyArgs),
 }
 
+/// The key flags `pcs sign` and `pcs verify` share, each with its environment fallback.
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// Signature algorithm: hmac or ed25519 (default hmac).
+    #[arg(long = "alg", env = "PCS_SIGN_ALG", value_name = "ALG")]
+    sign_alg: Option<String>,
+    /// HMAC key (its UTF-8 bytes are the key).
+    #[arg(long, env = "PCS_HMAC_KEY", hide_env_values = true, value_name = "KEY")]
+    hmac_key: Option<String>,
+    /// Ed25519 signing key: base64 of the 32-byte seed (or of the 64-byte keypair); for verify,
+    /// its public key is accepted too.
+    #[arg(
+        long,
+        env = "PCS_ED25519_KEY_B64",
+        hide_env_values = true,
+        value_name = "B64"
+    )]
+    ed25519_key: Option<String>,
+}
+
+impl KeyArgs {
+    fn into_env(self) -> KeyEnv {
+        KeyEnv {
+            sign_alg: self.sign_alg,
+            hmac_key: self.hmac_key,
+            ed25519_key_b64: self.ed25519_key,
+            ..KeyEnv::default()
+        }
+    }
+}
+
 /// Flags of `coherence pcs sign`.
 #[derive(Debug, clap::Args)]
 pub struct SignArgs {
@@ -59,20 +90,8 @@ pub struct SignArgs {
     /// Write the signed record here instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Signature algorithm: hmac or ed25519 (default hmac).
-    #[arg(long = "alg", env = "PCS_SIGN_ALG", value_name = "ALG")]
-    sign_alg: Option<String>,
-    /// HMAC signing key (its UTF-8 bytes are the key).
-    #[arg(long, env = "PCS_HMAC_KEY", hide_env_values = true, value_name = "KEY")]
-    hmac_key: Option<String>,
-    /// Ed25519 signing key: base64 of the 32-byte seed (or of the 64-byte keypair).
-    #[arg(
-        long,
-        env = "PCS_ED25519_KEY_B64",
-        hide_env_values = true,
-        value_name = "B64"
-    )]
-    ed25519_key: Option<String>,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 /// Flags of `coherence pcs verify`.
@@ -84,12 +103,8 @@ pub struct VerifyArgs {
     /// Print the full verification report as JSON on standard output.
     #[arg(long)]
     json: bool,
-    /// Signature algorithm expected: hmac or ed25519 (default hmac).
-    #[arg(long = "alg", env = "PCS_SIGN_ALG", value_name = "ALG")]
-    sign_alg: Option<String>,
-    /// HMAC key (its UTF-8 bytes are the key).
-    #[arg(long, env = "PCS_HMAC_KEY", hide_env_values = true, value_name = "KEY")]
-    hmac_key: Option<String>,
+    #[command(flatten)]
+    keys: KeyArgs,
     /// Further HMAC keys, comma-separated; a signature by any of them is valid (rotation).
     #[arg(
         long,
@@ -101,14 +116,6 @@ pub struct VerifyArgs {
     /// Ed25519 public keys, base64, comma-separated; any of them may have signed.
     #[arg(long, env = "PCS_ED25519_PUB_B64", value_name = "B64,B64")]
     ed25519_pub: Option<String>,
-    /// Ed25519 seed (base64); its public key is accepted too.
-    #[arg(
-        long,
-        env = "PCS_ED25519_KEY_B64",
-        hide_env_values = true,
-        value_name = "B64"
-    )]
-    ed25519_key: Option<String>,
 }
 
 /// Runs `coherence pcs`.
@@ -154,12 +161,7 @@ fn display_name(path: &Path) -> String {
 }
 
 fn sign(a: SignArgs) -> CliResult {
-    let env = KeyEnv {
-        sign_alg: a.sign_alg,
-        hmac_key: a.hmac_key,
-        ed25519_key_b64: a.ed25519_key,
-        ..KeyEnv::default()
-    };
+    let env = a.keys.into_env();
     let signer = Signer::from_env(&env).map_err(|e| CliError::config(e.to_string()))?;
     let name = display_name(&a.file);
     let text = read_input(&a.file)?;
@@ -188,11 +190,9 @@ fn sign(a: SignArgs) -> CliResult {
 
 fn verify(a: VerifyArgs) -> CliResult {
     let env = KeyEnv {
-        sign_alg: a.sign_alg,
-        hmac_key: a.hmac_key,
         hmac_keys: a.hmac_keys,
-        ed25519_key_b64: a.ed25519_key,
         ed25519_pub_b64: a.ed25519_pub,
+        ..a.keys.into_env()
     };
     let verifier = Verifier::from_env(&env).map_err(|e| CliError::config(e.to_string()))?;
     let name = display_name(&a.file);

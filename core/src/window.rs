@@ -329,18 +329,7 @@ impl RollingWindow {
     }
 }
 
-/// Per-sample rolling statistics of a whole column, as [`rolling_columns`] returns them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RollingColumns {
-    /// Samples in the window ending at each sample.
-    pub n: Vec<u32>,
-    /// Mean of that window.
-    pub mean: Vec<f64>,
-    /// Sample standard deviation of that window (0 with fewer than two samples).
-    pub stdev: Vec<f64>,
-}
-
-/// A column that [`rolling_columns`] cannot take, naming the problem.
+/// Columns that [`rolling_rows`] cannot take, naming the problem.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ColumnError {
     /// Timestamps and values differ in length.
@@ -359,69 +348,6 @@ pub enum ColumnError {
     NonFinite(usize),
 }
 
-/// The batch form of [`RollingWindow`] for a column already in memory: for every sample `i`,
-/// the mean and sample stdev of the samples in `(ts[i] − span, ts[i]]`, computed with two
-/// forward-moving bounds over the arrays and the same shifted sums and exact re-centring rules
-/// as the streaming window. `ts` must be sorted; every value finite.
-pub fn rolling_columns(
-    ts: &[i64],
-    values: &[f64],
-    span: WindowSpan,
-) -> Result<RollingColumns, ColumnError> {
-    if ts.len() != values.len() {
-        return Err(ColumnError::Length {
-            ts: ts.len(),
-            values: values.len(),
-        });
-    }
-    if let Some(i) = ts.windows(2).position(|w| w[1] < w[0]) {
-        return Err(ColumnError::Unsorted(i + 1));
-    }
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(ColumnError::NonFinite(i));
-    }
-    let len = ts.len();
-    let mut out = RollingColumns {
-        n: Vec::with_capacity(len),
-        mean: Vec::with_capacity(len),
-        stdev: Vec::with_capacity(len),
-    };
-    let mut sums = ShiftedSums::default();
-    let mut lo = 0usize;
-    let mut evicted = 0usize;
-    // Reciprocals of the counts seen so far: the per-sample statistics then need multiplications
-    // only, which is most of this loop's speed.
-    let mut inv: Vec<f64> = vec![0.0];
-    for i in 0..len {
-        sums.push(values[i]);
-        let cutoff = ts[i] - span.ms;
-        let mut cancelled = false;
-        while ts[lo] <= cutoff {
-            cancelled |= !sums.remove(values[lo]);
-            lo += 1;
-            evicted += 1;
-        }
-        let inside = i + 1 - lo;
-        if cancelled || evicted > inside.max(64) || sums.off_centre() {
-            sums = ShiftedSums::exact(values[lo..=i].iter().copied());
-            evicted = 0;
-        }
-        while inv.len() <= inside {
-            inv.push(1.0 / inv.len() as f64);
-        }
-        let mean = sums.k + sums.s1 * inv[inside];
-        let var = if inside < 2 {
-            0.0
-        } else {
-            ((sums.s2 - sums.s1 * sums.s1 * inv[inside]) * inv[inside - 1]).max(0.0)
-        };
-        out.n.push(u32::try_from(inside).unwrap_or(u32::MAX));
-        out.mean.push(mean);
-        out.stdev.push(var.sqrt());
-    }
-    Ok(out)
-}
-
 /// Per-sample rolling statistics of `N` signals that share their timestamps, as
 /// [`rolling_rows`] returns them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -434,9 +360,12 @@ pub struct RollingRows<const N: usize> {
     pub stdev: Vec<[f64; N]>,
 }
 
-/// [`rolling_columns`] for `N` signals sampled at the same times (one row per sample): the
-/// window bounds move once per sample for all of them and the per-signal arithmetic runs in
-/// `N`-wide loops the compiler vectorises. The exact re-centring of a signal's sums is done
+/// The batch form of [`RollingWindow`] for `N` signals sampled at the same times, one row per
+/// sample (`N = 1` for a single column): for every sample `i`, the mean and sample stdev of each
+/// signal over `(ts[i] − span, ts[i]]`, with the same shifted sums and exact re-centring rules as
+/// the streaming window. The window bounds move once per sample for all signals, and the
+/// per-signal arithmetic runs in `N`-wide loops the compiler vectorises; a table of `1/n` keeps
+/// divisions out of the loop. `ts` must be sorted and every value finite. The exact re-centring of a signal's sums is done
 /// for all signals at once when any one of them needs it.
 pub fn rolling_rows<const N: usize>(
     ts: &[i64],
@@ -949,21 +878,21 @@ mod tests {
     }
 
     #[test]
-    fn columns_reject_bad_input_by_position() {
+    fn rows_reject_bad_input_by_position() {
         let w = span("1m");
         assert_eq!(
-            rolling_columns(&[0, 1], &[1.0], w),
+            rolling_rows(&[0, 1], &[[1.0]], w),
             Err(ColumnError::Length { ts: 2, values: 1 })
         );
         assert_eq!(
-            rolling_columns(&[0, 5, 3], &[1.0; 3], w),
+            rolling_rows(&[0, 5, 3], &[[1.0]; 3], w),
             Err(ColumnError::Unsorted(2))
         );
         assert_eq!(
-            rolling_columns(&[0, 1], &[1.0, f64::NAN], w),
+            rolling_rows(&[0, 1], &[[1.0], [f64::NAN]], w),
             Err(ColumnError::NonFinite(1))
         );
-        assert_eq!(rolling_columns(&[], &[], w).unwrap().n.len(), 0);
+        assert_eq!(rolling_rows::<1>(&[], &[], w).unwrap().n.len(), 0);
     }
 
     proptest! {
@@ -996,41 +925,20 @@ mod tests {
         }
 
         #[test]
-        fn columns_match_the_streaming_window(
-            steps in prop::collection::vec((0i64..20_000, -1e4f64..1e4), 1..300)
-        ) {
-            let mut w = RollingWindow::new(span("30s"));
-            let (mut ts, mut vs) = (Vec::new(), Vec::new());
-            let mut t = 0i64;
-            for (dt, v) in steps {
-                t += dt;
-                ts.push(t);
-                vs.push(v);
-            }
-            let cols = rolling_columns(&ts, &vs, span("30s")).unwrap();
-            for i in 0..ts.len() {
-                w.push(ts[i], vs[i]).unwrap();
-                let s = w.stats();
-                prop_assert_eq!(u64::from(cols.n[i]), s.n);
-                prop_assert!((cols.mean[i] - s.mean).abs() <= 1e-7 * (1.0 + s.mean.abs()));
-                prop_assert!((cols.stdev[i] - s.stdev).abs() <= 1e-6 * (1.0 + s.stdev));
-            }
-        }
-
-        #[test]
-        fn rows_match_columns(
+        fn rows_match_a_streaming_window_per_signal(
             steps in prop::collection::vec((0i64..20_000, -1e4f64..1e4, 0f64..1e6), 1..300)
         ) {
             let ts: Vec<i64> = steps.iter().scan(0i64, |t, s| { *t += s.0; Some(*t) }).collect();
             let rows: Vec<[f64; 2]> = steps.iter().map(|s| [s.1, s.2]).collect();
             let r = rolling_rows(&ts, &rows, span("30s")).unwrap();
             for j in 0..2 {
-                let col: Vec<f64> = rows.iter().map(|x| x[j]).collect();
-                let c = rolling_columns(&ts, &col, span("30s")).unwrap();
-                for i in 0..ts.len() {
-                    prop_assert_eq!(r.n[i], c.n[i]);
-                    prop_assert!((r.mean[i][j] - c.mean[i]).abs() <= 1e-7 * (1.0 + c.mean[i].abs()));
-                    prop_assert!((r.stdev[i][j] - c.stdev[i]).abs() <= 1e-6 * (1.0 + c.stdev[i]));
+                let mut w = RollingWindow::new(span("30s"));
+                for (i, (&t, row)) in ts.iter().zip(&rows).enumerate() {
+                    w.push(t, row[j]).unwrap();
+                    let s = w.stats();
+                    prop_assert_eq!(u64::from(r.n[i]), s.n);
+                    prop_assert!((r.mean[i][j] - s.mean).abs() <= 1e-7 * (1.0 + s.mean.abs()));
+                    prop_assert!((r.stdev[i][j] - s.stdev).abs() <= 1e-6 * (1.0 + s.stdev));
                 }
             }
         }
