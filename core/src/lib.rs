@@ -13,6 +13,7 @@ pub mod finops;
 pub mod incident;
 pub mod merkle;
 pub mod pcs;
+pub mod report;
 pub mod rng;
 pub mod score;
 pub mod signals;

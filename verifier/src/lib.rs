@@ -1,0 +1,5 @@
+//! `coherence-verifier`: the evidence store every sidecar pushes to — mTLS ingest, an inbox
+//! write-ahead log written before any parsing, verification of PCS and signal reports,
+//! deduplication (memory, Redis, PostgreSQL), the workload summary API and Prometheus metrics.
+
+pub mod dedup;

@@ -1,0 +1,3 @@
+//! `coherence-verifier` binary.
+
+fn main() {}
