@@ -2,4 +2,12 @@
 //! write-ahead log written before any parsing, verification of PCS and signal reports,
 //! deduplication (memory, Redis, PostgreSQL), the workload summary API and Prometheus metrics.
 
+pub mod api;
 pub mod dedup;
+pub mod ingest;
+pub mod limit;
+pub mod metrics;
+pub mod serve;
+pub mod tls;
+pub mod views;
+pub mod wal;

@@ -1,0 +1,821 @@
+//! The ingest path: WAL append (durable, before parsing) → parse → caller's namespace →
+//! verify → dedup → effects → outcome record.
+//!
+//! A body is acknowledged only once it is durable. When the dedup store cannot answer, the
+//! body stays in the WAL as *pending*, the caller gets 503 with `Retry-After`, and a background
+//! loop applies pending bodies in order once the store is back. Applying is idempotent: a body
+//! applied again after a crash finds its own earlier outcome in the store (same WAL sequence)
+//! and is counted as that first application, never as a second one.
+
+use crate::dedup::{Insert, RecordKind, Store, StoreError, StoredOutcome, now_ms};
+use crate::metrics::{
+    KindLabels, Metrics, PatternLabels, ReasonLabels, SignalLabels, WorkloadLabels,
+};
+use crate::views::{Changes, Views, split_shard};
+use crate::wal::{BodyRecord, Entry, ReplayReport, Wal, WalConfig, WalError};
+use bytes::Bytes;
+use coherence_core::pcs::{Outcome, Params, Pcs, Rejection, Verifier};
+use coherence_core::report::{ReportRejection, SignalReport};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The prefix of caller identities (`spiffe://coherence.dev/ns/<namespace>/sa/<name>`).
+pub const SPIFFE_PREFIX: &str = "spiffe://coherence.dev/ns/";
+/// Identity recorded for requests served without TLS (`--insecure-dev`).
+pub const INSECURE_DEV_IDENTITY: &str = "insecure-dev";
+
+/// The namespace an identity may submit for (`*` for any), or `None` if it is not a caller
+/// identity at all.
+pub fn identity_namespace(identity: &str) -> Option<&str> {
+    if identity == INSECURE_DEV_IDENTITY {
+        return Some("*");
+    }
+    let rest = identity.strip_prefix(SPIFFE_PREFIX)?;
+    let (ns, sa) = rest.split_once("/sa/")?;
+    (!ns.is_empty() && !sa.is_empty() && !ns.contains('/')).then_some(ns)
+}
+
+/// What the caller is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+    /// `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl Answer {
+    fn new(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            body,
+            retry_after: None,
+        }
+    }
+}
+
+enum Effect {
+    Pcs(Box<Pcs>, Outcome),
+    Signals(Box<SignalReport>),
+}
+
+enum Verdict {
+    Reject {
+        status: u16,
+        reason: &'static str,
+        body: Value,
+        shard: Option<String>,
+        id: String,
+    },
+    Valid {
+        id: String,
+        status: u16,
+        body: Value,
+        effect: Effect,
+    },
+}
+
+/// Settings of the ingest path.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// WAL settings.
+    pub wal: WalConfig,
+    /// Keys that may sign records.
+    pub keys: Verifier,
+    /// Verification tolerances and formulas.
+    pub params: Params,
+}
+
+/// Ingest state shared by every request.
+pub struct Ingest {
+    wal: Wal,
+    store: Store,
+    keys: Verifier,
+    params: Params,
+    views: Mutex<Views>,
+    metrics: Metrics,
+    pending: Mutex<BTreeMap<u64, BodyRecord>>,
+    inflight: Arc<Mutex<BTreeSet<u64>>>,
+    store_up: AtomicBool,
+    ready: AtomicBool,
+    replay: Mutex<Option<Value>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a few map operations that cannot leave the data half-done.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn malformed_body(field: &str, expected: &str, found: &str, message: String) -> Value {
+    json!({"error": "malformed", "field": field, "expected": expected, "found": found, "message": message})
+}
+
+fn snapshot_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("dedup.snapshot")
+}
+
+impl Ingest {
+    /// Opens the WAL (replaying it into the views and, for the memory store, the store) and
+    /// applies every body that has no outcome yet, when the store answers.
+    pub async fn open(
+        cfg: IngestConfig,
+        store: Store,
+        metrics: Metrics,
+    ) -> Result<Arc<Ingest>, WalError> {
+        let started = Instant::now();
+        let snapshot_covers = match &store {
+            Store::Memory(m) => {
+                m.load(&snapshot_path(&cfg.wal.dir))
+                    .map_err(|source| WalError::Io {
+                        path: snapshot_path(&cfg.wal.dir).display().to_string(),
+                        op: "load dedup snapshot",
+                        source,
+                    })?
+            }
+            _ => None,
+        };
+        let fsync_hist = metrics.wal_fsync.clone();
+        let observer: crate::wal::SyncObserver =
+            Arc::new(move |d: Duration| fsync_hist.observe(d.as_secs_f64()));
+        let mut bodies: HashMap<u64, BodyRecord> = HashMap::new();
+        let mut outcomes: Vec<(BodyRecord, crate::wal::AppliedRecord)> = Vec::new();
+        let mut applied_seqs: BTreeSet<u64> = BTreeSet::new();
+        let (wal, report) = Wal::open(cfg.wal.clone(), Some(observer), |e| match e {
+            Entry::Body(b) => {
+                if !applied_seqs.contains(&b.seq) {
+                    bodies.insert(b.seq, b);
+                }
+            }
+            Entry::Applied(a) => {
+                applied_seqs.insert(a.body_seq);
+                if let Some(b) = bodies.remove(&a.body_seq) {
+                    if a.first {
+                        outcomes.push((b, a));
+                    }
+                }
+            }
+            Entry::AppliedBody(b, a) => {
+                applied_seqs.insert(b.seq);
+                if a.first {
+                    outcomes.push((b, a));
+                }
+            }
+        })?;
+        let ingest = Arc::new(Ingest {
+            wal,
+            store,
+            keys: cfg.keys,
+            params: cfg.params,
+            views: Mutex::new(Views::default()),
+            metrics,
+            pending: Mutex::new(BTreeMap::new()),
+            inflight: Arc::new(Mutex::new(BTreeSet::new())),
+            store_up: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            replay: Mutex::new(None),
+        });
+        // Rebuild what the first applications produced.
+        let rebuilt = outcomes.len();
+        for (b, a) in outcomes {
+            if let Verdict::Valid {
+                id,
+                status,
+                body,
+                effect,
+            } = ingest.evaluate(&b)
+            {
+                if let Store::Memory(m) = &ingest.store {
+                    m.insert(
+                        &id,
+                        &StoredOutcome {
+                            status: a.status,
+                            kind: b.kind,
+                            seq: b.seq,
+                            at_ms: b.at_ms,
+                            body: if status == a.status {
+                                body
+                            } else {
+                                json!({"status": a.status, "id": id})
+                            },
+                        },
+                    );
+                }
+                ingest.apply_effect(&effect, b.at_ms, false);
+            }
+        }
+        let mut unapplied: Vec<BodyRecord> = bodies.into_values().collect();
+        unapplied.sort_by_key(|b| b.seq);
+        let n_unapplied = unapplied.len();
+        {
+            let mut p = lock(&ingest.pending);
+            for b in unapplied {
+                p.insert(b.seq, b);
+            }
+        }
+        ingest.metrics.wal_pending.set(n_unapplied as i64);
+        ingest
+            .store_up
+            .store(ingest.store.ping().await.is_ok(), Ordering::Relaxed);
+        let applied_now = ingest.drain_pending().await;
+        *lock(&ingest.replay) = Some(replay_summary(
+            &report,
+            rebuilt,
+            n_unapplied,
+            applied_now,
+            snapshot_covers,
+            started.elapsed(),
+        ));
+        tracing::info!(
+            segments = report.segments,
+            records = report.records,
+            torn_bytes = report.torn_bytes,
+            corrupt = report.corrupt.len(),
+            rebuilt,
+            unapplied = n_unapplied,
+            applied_now,
+            "WAL replayed"
+        );
+        ingest.refresh_gauges();
+        ingest.ready.store(true, Ordering::Relaxed);
+        Ok(ingest)
+    }
+
+    /// Receives one body: durable first, then applied.
+    pub async fn submit(
+        &self,
+        kind: RecordKind,
+        identity: &str,
+        request_id: &str,
+        body: Bytes,
+    ) -> Answer {
+        self.metrics
+            .ingest
+            .get_or_create(&KindLabels {
+                kind: kind.as_str().to_owned(),
+            })
+            .inc();
+        let at_ms = now_ms();
+        let inflight = self.inflight.clone();
+        let seq = match self
+            .wal
+            .append_body_tracked(
+                kind,
+                identity,
+                request_id,
+                body.clone(),
+                at_ms,
+                move |seq| {
+                    lock(&inflight).insert(seq);
+                },
+            )
+            .await
+        {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!(error = %e, "WAL append failed");
+                let mut a = Answer::new(
+                    503,
+                    json!({"error": "wal_unavailable", "message": e.to_string()}),
+                );
+                a.retry_after = Some(5);
+                return a;
+            }
+        };
+        self.metrics
+            .wal_bytes
+            .set(self.wal.stats().bytes.load(Ordering::Relaxed) as i64);
+        let rec = BodyRecord {
+            seq,
+            at_ms,
+            kind,
+            identity: identity.to_owned(),
+            request_id: request_id.to_owned(),
+            body,
+        };
+        // A body that arrives while older ones wait for the store is applied directly: ids are
+        // first-write-wins, so order between different bodies does not change any outcome.
+        let answer = self.apply(rec, true).await;
+        lock(&self.inflight).remove(&seq);
+        answer
+    }
+
+    fn evaluate(&self, rec: &BodyRecord) -> Verdict {
+        let t = Instant::now();
+        let v = self.evaluate_inner(rec);
+        self.metrics
+            .verify_duration
+            .observe(t.elapsed().as_secs_f64());
+        v
+    }
+
+    fn evaluate_inner(&self, rec: &BodyRecord) -> Verdict {
+        let Ok(text) = std::str::from_utf8(&rec.body) else {
+            return Verdict::Reject {
+                status: 400,
+                reason: "malformed",
+                body: malformed_body(
+                    "record",
+                    "a UTF-8 JSON document",
+                    "bytes that are not UTF-8",
+                    "the body is not UTF-8".into(),
+                ),
+                shard: None,
+                id: String::new(),
+            };
+        };
+        let caller_ns = identity_namespace(&rec.identity);
+        let forbidden = |shard: &str, id: &str| -> Option<Verdict> {
+            let ns = split_shard(shard).map(|(n, _, _)| n).unwrap_or("");
+            match caller_ns {
+                Some("*") => None,
+                Some(c) if c == ns => None,
+                c => Some(Verdict::Reject {
+                    status: 403,
+                    reason: "namespace",
+                    body: json!({
+                        "error": "forbidden",
+                        "message": format!("caller {} may submit for namespace {:?}, not for {ns:?} (shard_id {shard:?})", rec.identity, c.unwrap_or("(none)")),
+                        "caller": rec.identity, "shard_id": shard,
+                    }),
+                    shard: Some(shard.to_owned()),
+                    id: id.to_owned(),
+                }),
+            }
+        };
+        match rec.kind {
+            RecordKind::Pcs => {
+                let pcs = match Pcs::from_json(text) {
+                    Ok(p) => p,
+                    Err(m) => {
+                        return Verdict::Reject {
+                            status: 400,
+                            reason: "malformed",
+                            body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
+                            shard: None,
+                            id: String::new(),
+                        };
+                    }
+                };
+                if let Some(v) = forbidden(&pcs.shard_id, &pcs.pcs_id) {
+                    return v;
+                }
+                let report = self.keys.verify(&pcs, &self.params);
+                let status = report.http_status();
+                let reasons = report.reasons();
+                match report.outcome {
+                    Outcome::Rejected => {
+                        let (reason, body) = match &report.rejection {
+                            Some(Rejection::Malformed(m)) => (
+                                "malformed",
+                                malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
+                            ),
+                            Some(Rejection::BadSignature { reason }) => (
+                                "signature",
+                                json!({"error": "bad_signature", "message": reason, "pcs_id": pcs.pcs_id}),
+                            ),
+                            Some(Rejection::PcsIdMismatch {
+                                claimed,
+                                recomputed,
+                            }) => (
+                                "pcs_id",
+                                json!({"error": "malformed", "field": "pcs_id", "expected": recomputed, "found": claimed, "message": reasons.join("; ")}),
+                            ),
+                            None => (
+                                "malformed",
+                                json!({"error": "malformed", "message": reasons.join("; ")}),
+                            ),
+                        };
+                        Verdict::Reject {
+                            status,
+                            reason,
+                            body,
+                            shard: Some(pcs.shard_id.clone()),
+                            id: pcs.pcs_id.clone(),
+                        }
+                    }
+                    outcome => Verdict::Valid {
+                        id: pcs.pcs_id.clone(),
+                        status,
+                        body: json!({
+                            "status": if outcome == Outcome::Accepted { "accepted" } else { "escalated" },
+                            "kind": "pcs",
+                            "id": pcs.pcs_id,
+                            "seq": rec.seq,
+                            "alg": report.alg,
+                            "key": report.key.as_ref().map(ToString::to_string),
+                            "reasons": reasons,
+                            "escalations": report.escalations,
+                            "tolerances": self.params.tolerances,
+                            "engineVersion": coherence_core::ENGINE_VERSION,
+                        }),
+                        effect: Effect::Pcs(Box::new(pcs), outcome),
+                    },
+                }
+            }
+            RecordKind::Signals => {
+                let r = match SignalReport::from_json(text) {
+                    Ok(r) => r,
+                    Err(m) => {
+                        return Verdict::Reject {
+                            status: 400,
+                            reason: "malformed",
+                            body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
+                            shard: None,
+                            id: String::new(),
+                        };
+                    }
+                };
+                if let Some(v) = forbidden(&r.shard_id, &r.report_id) {
+                    return v;
+                }
+                match r.verify(&self.keys) {
+                    Ok(key) => Verdict::Valid {
+                        id: r.report_id.clone(),
+                        status: 200,
+                        body: json!({
+                            "status": "accepted", "kind": "signals", "id": r.report_id, "seq": rec.seq,
+                            "key": key, "windows": r.windows.len(), "findings": r.findings.len(),
+                            "finops": r.finops.len(), "engineVersion": coherence_core::ENGINE_VERSION,
+                        }),
+                        effect: Effect::Signals(Box::new(r)),
+                    },
+                    Err(e) => {
+                        let (reason, body) = match &e {
+                            ReportRejection::Malformed(m) => (
+                                "malformed",
+                                malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
+                            ),
+                            ReportRejection::BadSignature { reason } => (
+                                "signature",
+                                json!({"error": "bad_signature", "message": reason, "report_id": r.report_id}),
+                            ),
+                            ReportRejection::IdMismatch {
+                                claimed,
+                                recomputed,
+                            } => (
+                                "report_id",
+                                json!({"error": "malformed", "field": "report_id", "expected": recomputed, "found": claimed, "message": e.to_string()}),
+                            ),
+                        };
+                        Verdict::Reject {
+                            status: e.http_status(),
+                            reason,
+                            body,
+                            shard: Some(r.shard_id.clone()),
+                            id: r.report_id.clone(),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one durable body; `live` when a caller waits for the answer.
+    async fn apply(&self, rec: BodyRecord, live: bool) -> Answer {
+        match self.evaluate(&rec) {
+            Verdict::Reject {
+                status,
+                reason,
+                body,
+                shard,
+                id,
+            } => {
+                self.metrics
+                    .rejected
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.to_owned(),
+                    })
+                    .inc();
+                if let Some(s) = shard {
+                    lock(&self.views).note_rejected(&s);
+                }
+                self.record_outcome(rec.seq, status, false, &id);
+                Answer::new(status, body)
+            }
+            Verdict::Valid {
+                id,
+                status,
+                body,
+                effect,
+            } => {
+                let outcome = StoredOutcome {
+                    status,
+                    kind: rec.kind,
+                    seq: rec.seq,
+                    at_ms: rec.at_ms,
+                    body: body.clone(),
+                };
+                match self.store.insert(&id, &outcome).await {
+                    Ok(insert) => {
+                        self.mark_store(true);
+                        let first = match &insert {
+                            Insert::First => true,
+                            // Our own earlier application, whose outcome record was lost in a crash.
+                            Insert::Duplicate(o) => o.seq == rec.seq,
+                        };
+                        if first {
+                            self.apply_effect(&effect, rec.at_ms, live);
+                            self.record_outcome(rec.seq, status, true, &id);
+                            Answer::new(status, body)
+                        } else {
+                            let Insert::Duplicate(o) = insert else {
+                                unreachable!("first handled above")
+                            };
+                            self.metrics.dedup_hits.inc();
+                            self.record_outcome(rec.seq, o.status, false, &id);
+                            let mut b = o.body.clone();
+                            if let Value::Object(m) = &mut b {
+                                m.insert("duplicate".into(), Value::Bool(true));
+                                m.insert("firstSeq".into(), json!(o.seq));
+                            }
+                            Answer::new(o.status, b)
+                        }
+                    }
+                    Err(StoreError::Unavailable(why)) => {
+                        self.mark_store(false);
+                        tracing::warn!(seq = rec.seq, error = %why, "dedup store unavailable; body kept in the WAL");
+                        let seq = rec.seq;
+                        lock(&self.pending).insert(seq, rec);
+                        self.metrics
+                            .wal_pending
+                            .set(lock(&self.pending).len() as i64);
+                        unavailable(seq, &why)
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_outcome(&self, seq: u64, status: u16, first: bool, id: &str) {
+        if let Err(e) = self.wal.append_applied(seq, status, first, id, now_ms()) {
+            tracing::error!(error = %e, seq, "could not record an outcome in the WAL");
+        }
+    }
+
+    fn apply_effect(&self, effect: &Effect, at_ms: i64, count: bool) {
+        match effect {
+            Effect::Pcs(pcs, outcome) => {
+                lock(&self.views).apply_pcs(pcs, *outcome, at_ms);
+                if count {
+                    match outcome {
+                        Outcome::Accepted => self.metrics.accepted.inc(),
+                        _ => self.metrics.escalated.inc(),
+                    };
+                }
+            }
+            Effect::Signals(r) => {
+                let changes = lock(&self.views).apply_signals(r, at_ms);
+                if count {
+                    self.metrics.accepted.inc();
+                }
+                self.export_changes(r.namespace(), r.workload(), &changes, count);
+            }
+        }
+    }
+
+    fn export_changes(&self, ns: &str, wl: &str, c: &Changes, count_incidents: bool) {
+        let labels = WorkloadLabels {
+            namespace: ns.to_owned(),
+            workload: wl.to_owned(),
+        };
+        match c.drift_level {
+            Some(l) => {
+                self.metrics
+                    .drift_risk
+                    .get_or_create(&labels)
+                    .set(i64::from(l));
+            }
+            None => {
+                self.metrics.drift_risk.remove(&labels);
+            }
+        }
+        for (signal, window, v) in &c.volatility {
+            self.metrics
+                .volatility
+                .get_or_create(&SignalLabels {
+                    namespace: ns.to_owned(),
+                    workload: wl.to_owned(),
+                    signal: signal.clone(),
+                    window: window.clone(),
+                })
+                .set(*v);
+        }
+        if count_incidents {
+            for p in &c.new_incidents {
+                self.metrics
+                    .incidents
+                    .get_or_create(&PatternLabels {
+                        pattern: (*p).to_owned(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        let views = lock(&self.views);
+        for (ns, wl) in views.keys() {
+            if let Some(s) = views.summary(&ns, &wl) {
+                if let Some(l) = s.get("driftRiskLevel").and_then(Value::as_i64) {
+                    self.metrics
+                        .drift_risk
+                        .get_or_create(&WorkloadLabels {
+                            namespace: ns.clone(),
+                            workload: wl.clone(),
+                        })
+                        .set(l);
+                }
+            }
+        }
+        self.metrics
+            .wal_bytes
+            .set(self.wal.stats().bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    fn mark_store(&self, up: bool) {
+        let was = self.store_up.swap(up, Ordering::Relaxed);
+        self.metrics.store_up.set(i64::from(up));
+        if was != up {
+            if up {
+                tracing::info!(backend = self.store.backend(), "dedup store answers again");
+            } else {
+                tracing::warn!(
+                    backend = self.store.backend(),
+                    "dedup store unavailable: failing closed (503)"
+                );
+            }
+        }
+    }
+
+    /// Applies pending bodies in order while the store answers; returns how many were applied.
+    pub async fn drain_pending(&self) -> usize {
+        let mut n = 0;
+        loop {
+            let next = {
+                let mut p = lock(&self.pending);
+                p.pop_first().map(|(_, b)| b)
+            };
+            let Some(rec) = next else { break };
+            let seq = rec.seq;
+            let a = self.apply(rec, false).await;
+            if a.status == 503 && lock(&self.pending).contains_key(&seq) {
+                break;
+            }
+            n += 1;
+        }
+        self.metrics
+            .wal_pending
+            .set(lock(&self.pending).len() as i64);
+        n
+    }
+
+    /// Checks the store and applies what waits for it (run every second in the background).
+    pub async fn tick(&self) {
+        let up = self.store.ping().await.is_ok();
+        self.mark_store(up);
+        if up && !lock(&self.pending).is_empty() {
+            let n = self.drain_pending().await;
+            if n > 0 {
+                tracing::info!(
+                    applied = n,
+                    "pending bodies applied after the store returned"
+                );
+            }
+        }
+        self.metrics
+            .wal_bytes
+            .set(self.wal.stats().bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    /// Purges expired dedup entries and compacts sealed WAL segments.
+    pub async fn maintain(&self, retention: Duration) {
+        match self.store.purge_expired().await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired dedup entries purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge expired dedup entries"),
+        }
+        let dir = self.wal.dir().to_path_buf();
+        let active = self.wal.active_first_seq();
+        let res = tokio::task::spawn_blocking(move || {
+            crate::wal::compact(&dir, active, retention, now_ms())
+        })
+        .await;
+        match res {
+            Ok(Ok(r)) if r.compacted + r.expired > 0 => {
+                tracing::info!(
+                    compacted = r.compacted,
+                    expired = r.expired,
+                    kept = r.kept,
+                    dropped = r.dropped,
+                    "WAL compacted"
+                );
+                if let Ok(b) = crate::wal::dir_bytes(self.wal.dir()) {
+                    self.wal.stats().bytes.store(b, Ordering::Relaxed);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "WAL compaction failed"),
+            Err(e) => tracing::warn!(error = %e, "WAL compaction task failed"),
+        }
+    }
+
+    /// Writes the memory store's snapshot (no-op for other backends).
+    pub fn snapshot(&self) -> std::io::Result<()> {
+        let Store::Memory(m) = &self.store else {
+            return Ok(());
+        };
+        let covers = {
+            let inflight = lock(&self.inflight);
+            let pending_min = lock(&self.pending).keys().next().copied();
+            let low = inflight
+                .iter()
+                .next()
+                .copied()
+                .into_iter()
+                .chain(pending_min)
+                .min();
+            match low {
+                Some(s) => s.saturating_sub(1),
+                None => self.wal.next_seq().saturating_sub(1),
+            }
+        };
+        m.snapshot_to(&snapshot_path(self.wal.dir()), covers)
+    }
+
+    /// Everything appended so far is durable.
+    pub async fn sync(&self) -> Result<u64, WalError> {
+        self.wal.sync().await
+    }
+
+    /// Ready: replay done and the store answers.
+    pub fn is_ready(&self) -> (bool, Value) {
+        let replayed = self.ready.load(Ordering::Relaxed);
+        let store = self.store_up.load(Ordering::Relaxed);
+        (
+            replayed && store,
+            json!({
+                "replayed": replayed, "store": self.store.backend(), "storeUp": store,
+                "pending": lock(&self.pending).len(), "replay": lock(&self.replay).clone(),
+            }),
+        )
+    }
+
+    /// The workloads list.
+    pub fn workloads(&self) -> Value {
+        lock(&self.views).list()
+    }
+
+    /// One workload's summary.
+    pub fn workload(&self, ns: &str, wl: &str) -> Option<Value> {
+        lock(&self.views).summary(ns, wl)
+    }
+
+    /// The stored outcome of an id.
+    pub async fn lookup(&self, id: &str) -> Result<Option<StoredOutcome>, StoreError> {
+        self.store.get(id).await
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The WAL.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+}
+
+fn unavailable(seq: u64, why: &str) -> Answer {
+    Answer {
+        status: 503,
+        body: json!({
+            "error": "store_unavailable",
+            "message": format!("the dedup store cannot answer ({why}); the body is durable in the WAL (seq {seq}) and will be applied when the store returns"),
+            "seq": seq,
+        }),
+        retry_after: Some(1),
+    }
+}
+
+fn replay_summary(
+    r: &ReplayReport,
+    rebuilt: usize,
+    unapplied: usize,
+    applied_now: usize,
+    snapshot: Option<u64>,
+    took: Duration,
+) -> Value {
+    json!({
+        "segments": r.segments, "records": r.records, "tornBytes": r.torn_bytes,
+        "corrupt": r.corrupt, "rebuilt": rebuilt, "unapplied": unapplied,
+        "appliedAtStart": applied_now, "snapshotCoversSeq": snapshot,
+        "seconds": took.as_secs_f64(),
+    })
+}

@@ -1,0 +1,349 @@
+//! What the verifier knows of each workload, built from the records it applied first: the
+//! latest window statistics of every pod, drift risk, detector findings correlated into
+//! incidents, FinOps samples and PCS counts. `GET /v1/workloads` serves it; a restart rebuilds
+//! it from the WAL.
+
+use coherence_core::detect::Finding;
+use coherence_core::finops::{self, Accumulator, Baseline, LambdaParams, Thresholds};
+use coherence_core::incident::{self, HostFinding, Incident, IncidentConfig};
+use coherence_core::pcs::{Outcome, Pcs};
+use coherence_core::report::{FinopsSample, SignalReport, WindowReport};
+use coherence_core::stats::median;
+use coherence_core::window::DriftRisk;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Findings kept per workload (oldest dropped first).
+pub const MAX_FINDINGS: usize = 10_000;
+/// FinOps samples kept per workload.
+pub const MAX_FINOPS: usize = 1_440;
+/// FinOps samples needed before a grade other than UNKNOWN.
+pub const MIN_FINOPS_SAMPLES: u64 = 10;
+
+/// `(namespace, workload)`.
+pub type WorkloadKey = (String, String);
+
+/// Splits `<namespace>/<workload>/<pod>`.
+pub fn split_shard(shard_id: &str) -> Option<(&str, &str, &str)> {
+    let mut it = shard_id.split('/');
+    let (ns, w, p) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || ns.is_empty() || w.is_empty() || p.is_empty() {
+        return None;
+    }
+    Some((ns, w, p))
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodView {
+    pod: String,
+    epoch: u64,
+    report_id: String,
+    received_ms: i64,
+    windows: Vec<WindowReport>,
+}
+
+/// PCS verdict counts and the latest accepted summary of a workload.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PcsView {
+    /// First-applied records accepted (200).
+    pub accepted: u64,
+    /// First-applied records escalated (202).
+    pub escalated: u64,
+    /// Records rejected (400/401/403) that named this workload.
+    pub rejected: u64,
+    /// The newest PCS applied.
+    pub last: Option<Value>,
+}
+
+/// One workload.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadView {
+    pods: BTreeMap<String, PodView>,
+    findings: VecDeque<HostFinding>,
+    finops: VecDeque<FinopsSample>,
+    pcs: PcsView,
+    incident_ids: BTreeSet<String>,
+    reports: u64,
+    updated_ms: i64,
+}
+
+/// Every workload.
+#[derive(Debug, Default)]
+pub struct Views {
+    workloads: BTreeMap<WorkloadKey, WorkloadView>,
+    incident_cfg: IncidentConfig,
+}
+
+/// What applying a report changed, for the metrics.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    /// Incidents that appeared, by pattern.
+    pub new_incidents: Vec<&'static str>,
+    /// The workload's drift risk level after the report (0 low … 2 high), if known.
+    pub drift_level: Option<u8>,
+    /// `(signal, window, volatilityIndex)`: the worst over pods of the latest windows.
+    pub volatility: Vec<(String, String, f64)>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl WorkloadView {
+    fn worst_risk(&self) -> DriftRisk {
+        let mut worst: Option<DriftRisk> = None;
+        for p in self.pods.values() {
+            for w in &p.windows {
+                if w.drift_risk != DriftRisk::InsufficientData {
+                    worst = Some(worst.map_or(w.drift_risk, |x| x.max(w.drift_risk)));
+                }
+            }
+        }
+        worst.unwrap_or(DriftRisk::InsufficientData)
+    }
+
+    fn volatility(&self) -> Vec<(String, String, f64)> {
+        let mut m: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for p in self.pods.values() {
+            for w in &p.windows {
+                let e = m
+                    .entry((w.signal.clone(), w.window.to_string()))
+                    .or_insert(0.0);
+                *e = e.max(w.volatility_index);
+            }
+        }
+        m.into_iter().map(|((s, w), v)| (s, w, v)).collect()
+    }
+
+    fn incidents(&self, cfg: &IncidentConfig) -> Vec<Incident> {
+        incident::correlate(self.findings.iter().cloned().collect(), cfg)
+    }
+
+    fn finops_report(&self) -> Option<finops::Report> {
+        if self.finops.is_empty() {
+            return None;
+        }
+        let col = |f: fn(&FinopsSample) -> f64| -> Vec<f64> { self.finops.iter().map(f).collect() };
+        let baseline = Baseline {
+            qps: median(&col(|s| s.qps))?,
+            latency_p95_ms: median(&col(|s| s.latency_p95_ms))?,
+            infra_cost_usd: median(&col(|s| s.infra_cost_usd))?,
+        };
+        let mut acc = Accumulator::new(baseline, Thresholds::default()).ok()?;
+        for s in &self.finops {
+            let _ = acc.push(&finops::Sample {
+                qps: s.qps,
+                latency_p95_ms: s.latency_p95_ms,
+                infra_cost_usd: s.infra_cost_usd,
+            });
+        }
+        Some(acc.finish(&LambdaParams::default(), 0.0, MIN_FINOPS_SAMPLES))
+    }
+}
+
+impl Views {
+    /// Applies a signal report that was stored first.
+    pub fn apply_signals(&mut self, r: &SignalReport, received_ms: i64) -> Changes {
+        let Some((ns, wl, pod)) = split_shard(&r.shard_id) else {
+            return Changes::default();
+        };
+        let workload = format!("{ns}/{wl}");
+        let cfg = self.incident_cfg;
+        let v = self
+            .workloads
+            .entry((ns.to_owned(), wl.to_owned()))
+            .or_default();
+        let newer = v.pods.get(pod).is_none_or(|p| p.epoch <= r.epoch);
+        if newer {
+            v.pods.insert(
+                pod.to_owned(),
+                PodView {
+                    pod: pod.to_owned(),
+                    epoch: r.epoch,
+                    report_id: r.report_id.clone(),
+                    received_ms,
+                    windows: r.windows.clone(),
+                },
+            );
+        }
+        v.reports += 1;
+        v.updated_ms = v.updated_ms.max(received_ms);
+        for f in &r.findings {
+            push_capped(
+                &mut v.findings,
+                HostFinding {
+                    workload: workload.clone(),
+                    host: pod.to_owned(),
+                    finding: f.clone(),
+                },
+                MAX_FINDINGS,
+            );
+        }
+        for s in &r.finops {
+            push_capped(&mut v.finops, *s, MAX_FINOPS);
+        }
+        let mut changes = Changes {
+            drift_level: v.worst_risk().level(),
+            volatility: v.volatility(),
+            ..Changes::default()
+        };
+        if !r.findings.is_empty() {
+            for i in v.incidents(&cfg) {
+                if v.incident_ids.insert(i.id.clone()) {
+                    changes.new_incidents.push(i.pattern.as_str());
+                }
+            }
+        }
+        changes
+    }
+
+    /// Counts a PCS verdict against its workload (the summary of a first-applied one is kept).
+    pub fn apply_pcs(&mut self, pcs: &Pcs, outcome: Outcome, received_ms: i64) {
+        let Some((ns, wl, pod)) = split_shard(&pcs.shard_id) else {
+            return;
+        };
+        let v = self
+            .workloads
+            .entry((ns.to_owned(), wl.to_owned()))
+            .or_default();
+        v.updated_ms = v.updated_ms.max(received_ms);
+        match outcome {
+            Outcome::Accepted => v.pcs.accepted += 1,
+            Outcome::Escalated => v.pcs.escalated += 1,
+            Outcome::Rejected => {
+                v.pcs.rejected += 1;
+                return;
+            }
+        }
+        let newer = v
+            .pcs
+            .last
+            .as_ref()
+            .and_then(|l| l.get("epoch").and_then(Value::as_u64))
+            .is_none_or(|e| e <= pcs.epoch);
+        if newer {
+            v.pcs.last = Some(json!({
+                "pcs_id": pcs.pcs_id, "pod": pod, "epoch": pcs.epoch, "D_hat": pcs.d_hat,
+                "coh_star": pcs.coh_star, "r": pcs.r, "regime": pcs.regime, "budget": pcs.budget,
+                "outcome": outcome, "receivedAt": rfc3339(received_ms),
+            }));
+        }
+    }
+
+    /// Counts a rejected record that named a workload.
+    pub fn note_rejected(&mut self, shard_id: &str) {
+        if let Some((ns, wl, _)) = split_shard(shard_id) {
+            if let Some(v) = self.workloads.get_mut(&(ns.to_owned(), wl.to_owned())) {
+                v.pcs.rejected += 1;
+            }
+        }
+    }
+
+    /// The workloads known, sorted.
+    pub fn keys(&self) -> Vec<WorkloadKey> {
+        self.workloads.keys().cloned().collect()
+    }
+
+    /// The summary of one workload, with how it was made.
+    pub fn summary(&self, ns: &str, wl: &str) -> Option<Value> {
+        let v = self.workloads.get(&(ns.to_owned(), wl.to_owned()))?;
+        let risk = v.worst_risk();
+        let incidents = v.incidents(&self.incident_cfg);
+        let veto = incidents.iter().rev().find(|i| i.veto.is_some()).map(|i| {
+            json!({
+                "action": i.veto, "reason": i.veto_reason, "since": i.start,
+                "risk": i.risk, "incidentId": i.id, "pattern": i.pattern,
+            })
+        });
+        let signals: Vec<Value> = v
+            .pods
+            .values()
+            .flat_map(|p| {
+                p.windows.iter().map(move |w| {
+                    json!({
+                        "pod": p.pod, "signal": w.signal, "window": w.window.to_string(),
+                        "mean": w.mean, "stdev": w.stdev, "volatilityIndex": w.volatility_index,
+                        "driftRisk": w.drift_risk, "n": w.n,
+                        "windowStart": rfc3339(w.window_start_ms), "windowEnd": rfc3339(w.window_end_ms),
+                    })
+                })
+            })
+            .collect();
+        let recent: Vec<&FinopsSample> = v.finops.iter().rev().take(120).rev().collect();
+        Some(json!({
+            "namespace": ns,
+            "workload": wl,
+            "driftRisk": risk,
+            "driftRiskLevel": risk.level(),
+            "updatedAt": rfc3339(v.updated_ms),
+            "pods": v.pods.values().map(|p| json!({
+                "pod": p.pod, "epoch": p.epoch, "reportId": p.report_id,
+                "receivedAt": rfc3339(p.received_ms),
+            })).collect::<Vec<_>>(),
+            "signals": signals,
+            "incidents": incidents,
+            "veto": veto,
+            "finops": {
+                "samples": v.finops.len(),
+                "recent": recent,
+                "report": v.finops_report(),
+            },
+            "pcs": v.pcs,
+            "meta": {
+                "method": "driftRisk is the worst drift risk over the latest window of every signal of every pod (insufficient_data ignored unless nothing else is known); incidents correlate the retained findings of all pods (merge gap, noisy-or risk); FinOps grades the retained samples against their own medians",
+                "inputs": {
+                    "reports": v.reports,
+                    "pods": v.pods.len(),
+                    "findingsRetained": v.findings.len(),
+                    "findingsLimit": MAX_FINDINGS,
+                    "finopsRetained": v.finops.len(),
+                    "finopsLimit": MAX_FINOPS,
+                },
+                "incidentConfig": self.incident_cfg,
+                "engineVersion": coherence_core::ENGINE_VERSION,
+            },
+        }))
+    }
+
+    /// The short list of every workload.
+    pub fn list(&self) -> Value {
+        let items: Vec<Value> = self
+            .workloads
+            .iter()
+            .map(|((ns, wl), v)| {
+                let risk = v.worst_risk();
+                json!({
+                    "namespace": ns, "workload": wl, "driftRisk": risk,
+                    "driftRiskLevel": risk.level(), "pods": v.pods.len(),
+                    "incidents": v.incident_ids.len(), "updatedAt": rfc3339(v.updated_ms),
+                    "pcs": {"accepted": v.pcs.accepted, "escalated": v.pcs.escalated, "rejected": v.pcs.rejected},
+                })
+            })
+            .collect();
+        json!({ "workloads": items, "engineVersion": coherence_core::ENGINE_VERSION })
+    }
+
+    /// The finding kinds seen (for tests and the dashboard).
+    pub fn findings_of(&self, ns: &str, wl: &str) -> Vec<Finding> {
+        self.workloads
+            .get(&(ns.to_owned(), wl.to_owned()))
+            .map(|v| v.findings.iter().map(|h| h.finding.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn push_capped<T>(q: &mut VecDeque<T>, item: T, cap: usize) {
+    if q.len() == cap {
+        q.pop_front();
+    }
+    q.push_back(item);
+}

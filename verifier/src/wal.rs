@@ -1,0 +1,1282 @@
+//! The inbox write-ahead log: every request body is appended, with the caller's identity and
+//! the receive time, and made durable **before** it is parsed; a request is answered only
+//! after its record is on disk.
+//!
+//! **Group commit.** One writer thread owns the active segment. It takes every append that is
+//! waiting, writes them with one `write`, makes them durable with one `fdatasync`, then
+//! answers all of them; while it syncs, the next batch gathers. Under load many requests share
+//! one sync; alone, a request waits for exactly one.
+//!
+//! **Records.** A segment (`inbox-<first seq, 20 digits>.wal`) starts with the 8-byte magic
+//! `COHWAL01`, then frames `len: u32 LE | crc32(payload): u32 LE | payload`. Payloads:
+//! - `Body` (1): `seq u64 | at_ms i64 | kind u8 | identity (u16 len) | request id (u16 len) | body`
+//! - `Applied` (2): `seq u64 | at_ms i64 | body_seq u64 | status u16 | first u8 | id (u16 len)` —
+//!   written after the body was verified and deduplicated; `first` says whether this
+//!   application was the one that stored the id.
+//! - `AppliedBody` (3): a body and its outcome in one record, written by compaction.
+//!
+//! **Recovery.** On open every segment is read in order. A frame that is short or fails its CRC
+//! at the end of the newest segment is a torn write (the process died mid-append, before the
+//! record was acknowledged): the segment is truncated there. The same in an older segment is
+//! corruption: the rest of that segment is skipped and counted. Bodies without an `Applied`
+//! record are handed back as not yet applied.
+//!
+//! **Compaction and retention.** A sealed segment whose bodies all have outcomes is rewritten
+//! keeping only the bodies that were applied first and accepted or escalated (as `AppliedBody`):
+//! rejected bodies, duplicates and `Applied` markers go. Compacted segments whose newest record
+//! is older than the retention (14 d) are deleted.
+
+use crate::dedup::RecordKind;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const MAGIC: &[u8; 8] = b"COHWAL01";
+const FRAME_HEADER: usize = 8;
+/// No record is larger: a length beyond it is corruption, not a record.
+const MAX_RECORD: usize = 16 << 20;
+
+const T_BODY: u8 = 1;
+const T_APPLIED: u8 = 2;
+const T_APPLIED_BODY: u8 = 3;
+
+/// Why the WAL failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// A file operation failed.
+    #[error("WAL {path}: {op}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The writer thread has stopped (after an I/O error or at shutdown).
+    #[error("WAL writer stopped: {0}")]
+    Stopped(String),
+}
+
+fn io_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> WalError + use<> {
+    let path = path.display().to_string();
+    move |source| WalError::Io { path, op, source }
+}
+
+/// A request body as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BodyRecord {
+    /// Sequence number (unique, increasing).
+    pub seq: u64,
+    /// Receive time, ms since the epoch.
+    pub at_ms: i64,
+    /// Which endpoint received it.
+    pub kind: RecordKind,
+    /// The caller (SPIFFE URI of the client certificate).
+    pub identity: String,
+    /// The request id (`x-request-id`).
+    pub request_id: String,
+    /// The raw body, unparsed.
+    pub body: Bytes,
+}
+
+/// The outcome of applying a body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedRecord {
+    /// Sequence number of this record.
+    pub seq: u64,
+    /// When it was applied, ms since the epoch.
+    pub at_ms: i64,
+    /// The body it is the outcome of.
+    pub body_seq: u64,
+    /// HTTP status answered.
+    pub status: u16,
+    /// Whether this application stored the id (false for duplicates and rejections).
+    pub first: bool,
+    /// `pcs_id` / `report_id` (empty when the body could not be read).
+    pub id: String,
+}
+
+/// One record read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// A body.
+    Body(BodyRecord),
+    /// An outcome of an earlier body.
+    Applied(AppliedRecord),
+    /// A body with its outcome (compacted).
+    AppliedBody(BodyRecord, AppliedRecord),
+}
+
+impl Entry {
+    fn seq(&self) -> u64 {
+        match self {
+            Entry::Body(b) => b.seq,
+            Entry::Applied(a) => a.seq,
+            Entry::AppliedBody(b, _) => b.seq,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(&b[..n]);
+}
+
+fn kind_byte(k: RecordKind) -> u8 {
+    match k {
+        RecordKind::Pcs => 1,
+        RecordKind::Signals => 2,
+    }
+}
+
+fn put_body_fields(out: &mut Vec<u8>, b: &BodyRecord) {
+    out.push(kind_byte(b.kind));
+    put_str(out, &b.identity);
+    put_str(out, &b.request_id);
+    out.extend_from_slice(&b.body);
+}
+
+fn put_applied_fields(out: &mut Vec<u8>, a: &AppliedRecord) {
+    out.extend_from_slice(&a.status.to_le_bytes());
+    out.push(u8::from(a.first));
+    put_str(out, &a.id);
+}
+
+/// The payload of `entry` (without the frame).
+pub fn encode_payload(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    match entry {
+        Entry::Body(b) => {
+            out.push(T_BODY);
+            out.extend_from_slice(&b.seq.to_le_bytes());
+            out.extend_from_slice(&b.at_ms.to_le_bytes());
+            put_body_fields(&mut out, b);
+        }
+        Entry::Applied(a) => {
+            out.push(T_APPLIED);
+            out.extend_from_slice(&a.seq.to_le_bytes());
+            out.extend_from_slice(&a.at_ms.to_le_bytes());
+            out.extend_from_slice(&a.body_seq.to_le_bytes());
+            put_applied_fields(&mut out, a);
+        }
+        Entry::AppliedBody(b, a) => {
+            out.push(T_APPLIED_BODY);
+            out.extend_from_slice(&b.seq.to_le_bytes());
+            out.extend_from_slice(&b.at_ms.to_le_bytes());
+            out.extend_from_slice(&a.seq.to_le_bytes());
+            out.extend_from_slice(&a.at_ms.to_le_bytes());
+            put_applied_fields(&mut out, a);
+            put_body_fields(&mut out, b);
+        }
+    }
+    out
+}
+
+/// A frame: `len | crc32 | payload`.
+pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.b.len() < n {
+            return Err(format!("needs {n} more bytes, has {}", self.b.len()));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(self.u64()? as i64)
+    }
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u16()? as usize;
+        let s = self.take(n)?;
+        String::from_utf8(s.to_vec()).map_err(|_| "a string is not UTF-8".to_owned())
+    }
+}
+
+fn kind_of(b: u8) -> Result<RecordKind, String> {
+    match b {
+        1 => Ok(RecordKind::Pcs),
+        2 => Ok(RecordKind::Signals),
+        k => Err(format!("unknown record kind {k}")),
+    }
+}
+
+fn body_fields(c: &mut Cursor<'_>, seq: u64, at_ms: i64) -> Result<BodyRecord, String> {
+    let kind = kind_of(c.u8()?)?;
+    let identity = c.str()?;
+    let request_id = c.str()?;
+    let body = Bytes::copy_from_slice(c.b);
+    Ok(BodyRecord {
+        seq,
+        at_ms,
+        kind,
+        identity,
+        request_id,
+        body,
+    })
+}
+
+/// Decodes a payload; the error says what is wrong with it.
+pub fn decode_payload(p: &[u8]) -> Result<Entry, String> {
+    let mut c = Cursor { b: p };
+    match c.u8()? {
+        T_BODY => {
+            let seq = c.u64()?;
+            let at = c.i64()?;
+            Ok(Entry::Body(body_fields(&mut c, seq, at)?))
+        }
+        T_APPLIED => {
+            let seq = c.u64()?;
+            let at_ms = c.i64()?;
+            let body_seq = c.u64()?;
+            let status = c.u16()?;
+            let first = c.u8()? != 0;
+            let id = c.str()?;
+            if !c.b.is_empty() {
+                return Err(format!("{} bytes after an applied record", c.b.len()));
+            }
+            Ok(Entry::Applied(AppliedRecord {
+                seq,
+                at_ms,
+                body_seq,
+                status,
+                first,
+                id,
+            }))
+        }
+        T_APPLIED_BODY => {
+            let seq = c.u64()?;
+            let at = c.i64()?;
+            let aseq = c.u64()?;
+            let aat = c.i64()?;
+            let status = c.u16()?;
+            let first = c.u8()? != 0;
+            let id = c.str()?;
+            let b = body_fields(&mut c, seq, at)?;
+            Ok(Entry::AppliedBody(
+                b,
+                AppliedRecord {
+                    seq: aseq,
+                    at_ms: aat,
+                    body_seq: seq,
+                    status,
+                    first,
+                    id,
+                },
+            ))
+        }
+        t => Err(format!("unknown record type {t}")),
+    }
+}
+
+/// Result of reading frames from a buffer.
+#[derive(Debug, Default)]
+pub struct FrameScan {
+    /// Decoded entries in order.
+    pub entries: Vec<Entry>,
+    /// Offset just past the last good frame.
+    pub good_len: usize,
+    /// Why reading stopped before the end (`None` when the buffer ended cleanly).
+    pub stop: Option<String>,
+}
+
+/// Reads frames from `buf` (after the magic) until the end or the first bad frame.
+pub fn scan_frames(buf: &[u8]) -> FrameScan {
+    let mut scan = FrameScan::default();
+    let mut off = 0usize;
+    while off < buf.len() {
+        let rest = &buf[off..];
+        if rest.len() < FRAME_HEADER {
+            scan.stop = Some(format!("short frame header at byte {off}"));
+            break;
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if len > MAX_RECORD {
+            scan.stop = Some(format!(
+                "frame length {len} at byte {off} is beyond {MAX_RECORD}"
+            ));
+            break;
+        }
+        if rest.len() < FRAME_HEADER + len {
+            scan.stop = Some(format!(
+                "frame at byte {off} needs {len} bytes, {} remain",
+                rest.len() - FRAME_HEADER
+            ));
+            break;
+        }
+        let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
+        if crc32fast::hash(payload) != crc {
+            scan.stop = Some(format!("CRC mismatch at byte {off}"));
+            break;
+        }
+        match decode_payload(payload) {
+            Ok(e) => scan.entries.push(e),
+            Err(e) => {
+                scan.stop = Some(format!("undecodable record at byte {off}: {e}"));
+                break;
+            }
+        }
+        off += FRAME_HEADER + len;
+        scan.good_len = off;
+    }
+    scan
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segments
+
+/// WAL settings.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// Directory of the segments.
+    pub dir: PathBuf,
+    /// A segment is sealed and a new one started beyond this size.
+    pub segment_bytes: u64,
+    /// Compacted segments older than this are deleted.
+    pub retention: Duration,
+    /// Most records written by one sync.
+    pub max_batch: usize,
+}
+
+impl WalConfig {
+    /// Defaults (64 MiB segments, 14 d retention) in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes: 64 << 20,
+            retention: Duration::from_secs(14 * 86_400),
+            max_batch: 4096,
+        }
+    }
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("inbox-{first_seq:020}.wal")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("inbox-")?
+        .strip_suffix(".wal")?
+        .parse()
+        .ok()
+}
+
+/// The segments of `dir`, oldest first.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_err(dir, "list"))? {
+        let e = e.map_err(io_err(dir, "list"))?;
+        if let Some(seq) = e.file_name().to_str().and_then(parse_segment_name) {
+            out.push((seq, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir, "fsync directory"))
+}
+
+/// What opening found.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Segments read.
+    pub segments: usize,
+    /// Records read.
+    pub records: u64,
+    /// Bytes cut off the newest segment's torn tail.
+    pub torn_bytes: u64,
+    /// Older segments whose rest was unreadable (with why).
+    pub corrupt: Vec<String>,
+    /// The next sequence number.
+    pub next_seq: u64,
+}
+
+fn read_segment(path: &Path) -> Result<(Vec<u8>, bool), WalError> {
+    let mut f = File::open(path).map_err(io_err(path, "open"))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(io_err(path, "read"))?;
+    let ok_magic = buf.len() >= MAGIC.len() && &buf[..MAGIC.len()] == MAGIC;
+    Ok((buf, ok_magic))
+}
+
+/// Reads every segment of `cfg.dir` in order, truncating a torn tail of the newest one, and
+/// hands each entry to `visit`.
+pub fn replay(dir: &Path, mut visit: impl FnMut(Entry)) -> Result<ReplayReport, WalError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir, "create"))?;
+    let segs = list_segments(dir)?;
+    let mut report = ReplayReport {
+        segments: segs.len(),
+        next_seq: 1,
+        ..ReplayReport::default()
+    };
+    for (i, (_, path)) in segs.iter().enumerate() {
+        let newest = i + 1 == segs.len();
+        let (buf, ok_magic) = read_segment(path)?;
+        if !ok_magic {
+            if newest && buf.len() < MAGIC.len() && MAGIC.starts_with(&buf) {
+                // Died while creating the segment: nothing in it was ever acknowledged.
+                std::fs::remove_file(path).map_err(io_err(path, "remove torn segment"))?;
+                report.torn_bytes += buf.len() as u64;
+                continue;
+            }
+            report
+                .corrupt
+                .push(format!("{}: bad magic, segment skipped", path.display()));
+            continue;
+        }
+        let scan = scan_frames(&buf[MAGIC.len()..]);
+        for e in scan.entries {
+            report.records += 1;
+            report.next_seq = report.next_seq.max(e.seq() + 1);
+            if let Entry::AppliedBody(_, a) = &e {
+                report.next_seq = report.next_seq.max(a.seq + 1);
+            }
+            visit(e);
+        }
+        if let Some(why) = scan.stop {
+            let good = (MAGIC.len() + scan.good_len) as u64;
+            if newest {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(path, "open"))?;
+                f.set_len(good)
+                    .map_err(io_err(path, "truncate torn tail"))?;
+                f.sync_all().map_err(io_err(path, "fsync"))?;
+                report.torn_bytes += buf.len() as u64 - good;
+                tracing::warn!(segment = %path.display(), %why, cut = buf.len() as u64 - good, "WAL torn tail truncated");
+            } else {
+                report.corrupt.push(format!(
+                    "{}: {why}; rest of segment skipped",
+                    path.display()
+                ));
+                tracing::error!(segment = %path.display(), %why, "WAL segment corrupt; rest skipped");
+            }
+        }
+    }
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer
+
+/// Counters of the WAL, readable at any time.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    /// Records appended since start.
+    pub records: AtomicU64,
+    /// Syncs since start.
+    pub syncs: AtomicU64,
+    /// Bytes in all segments.
+    pub bytes: AtomicU64,
+    /// Nanoseconds spent in fdatasync since start.
+    pub sync_nanos: AtomicU64,
+    /// Segments sealed since start.
+    pub rotations: AtomicU64,
+}
+
+/// Called with the duration of every fdatasync (for the metrics histogram).
+pub type SyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
+enum Cmd {
+    Append {
+        entry: Entry,
+        reply: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+    },
+    Barrier(tokio::sync::oneshot::Sender<Result<u64, String>>),
+}
+
+/// Handle to the WAL writer. Cloning shares the writer.
+#[derive(Clone)]
+pub struct Wal {
+    tx: mpsc::Sender<Cmd>,
+    next_seq: Arc<AtomicU64>,
+    stats: Arc<WalStats>,
+    dir: PathBuf,
+    order: Arc<std::sync::Mutex<()>>,
+    active: Arc<AtomicU64>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wal({})", self.dir.display())
+    }
+}
+
+struct Writer {
+    cfg: WalConfig,
+    file: File,
+    path: PathBuf,
+    size: u64,
+    stats: Arc<WalStats>,
+    observer: Option<SyncObserver>,
+    active: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn open_segment(cfg: &WalConfig, first_seq: u64) -> Result<(File, PathBuf, u64), WalError> {
+        let path = cfg.dir.join(segment_name(first_seq));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        let len = f.metadata().map_err(io_err(&path, "stat"))?.len();
+        if len == 0 {
+            f.write_all(MAGIC).map_err(io_err(&path, "write magic"))?;
+            f.sync_all().map_err(io_err(&path, "fsync"))?;
+            sync_dir(&cfg.dir)?;
+            return Ok((f, path, MAGIC.len() as u64));
+        }
+        Ok((f, path, len))
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut waiting: Vec<(tokio::sync::oneshot::Sender<Result<u64, String>>, u64)> = Vec::new();
+        let mut failed: Option<String> = None;
+        // Written but not yet synced: outcome records nobody waits for. They are synced with
+        // the next batch that someone waits for, or after a short idle delay.
+        let mut dirty = false;
+        let mut highest = 0u64;
+        loop {
+            let first = if dirty {
+                match rx.recv_timeout(Duration::from_millis(5)) {
+                    Ok(c) => c,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if failed.is_none() {
+                            if let Err(e) = self.sync() {
+                                tracing::error!(error = %e, "WAL sync failed; refusing further appends");
+                                failed = Some(e.to_string());
+                            }
+                        }
+                        dirty = false;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.cfg.max_batch {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            buf.clear();
+            waiting.clear();
+            for cmd in batch {
+                match cmd {
+                    Cmd::Append { entry, reply } => {
+                        highest = highest.max(entry.seq());
+                        encode_frame(&encode_payload(&entry), &mut buf);
+                        if let Some(r) = reply {
+                            waiting.push((r, entry.seq()));
+                        }
+                    }
+                    Cmd::Barrier(r) => waiting.push((r, highest)),
+                }
+            }
+            let must_sync = !waiting.is_empty();
+            let result = if let Some(f) = &failed {
+                Err(f.clone())
+            } else {
+                let r = self
+                    .write(&buf)
+                    .and_then(|()| if must_sync { self.sync() } else { Ok(()) });
+                r.map_err(|e| e.to_string())
+            };
+            dirty = result.is_ok() && !must_sync && !buf.is_empty();
+            let last_seq = highest;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "WAL append failed; refusing further appends");
+                failed = Some(e.clone());
+            }
+            for (r, seq) in waiting.drain(..) {
+                let _ = r.send(result.as_ref().map(|_| seq).map_err(Clone::clone));
+            }
+            if failed.is_none() && self.size >= self.cfg.segment_bytes {
+                match self.rotate(last_seq + 1) {
+                    Ok(()) => dirty = false,
+                    Err(e) => {
+                        tracing::error!(error = %e, "WAL rotation failed; refusing further appends");
+                        failed = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        // Every sender is gone: make the last outcome records durable too.
+        if dirty && failed.is_none() {
+            let _ = self.sync();
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(buf)
+            .map_err(io_err(&self.path, "append"))?;
+        self.size += buf.len() as u64;
+        self.stats
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        let t = Instant::now();
+        self.file
+            .sync_data()
+            .map_err(io_err(&self.path, "fdatasync"))?;
+        let took = t.elapsed();
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .sync_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(o) = &self.observer {
+            o(took);
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self, next_seq: u64) -> Result<(), WalError> {
+        // Outcome records may be written but not yet synced; a sealed segment is complete.
+        self.sync()?;
+        let (f, path, size) = Writer::open_segment(&self.cfg, next_seq)?;
+        self.file = f;
+        self.path = path;
+        self.size = size;
+        self.stats.bytes.fetch_add(size, Ordering::Relaxed);
+        self.stats.rotations.fetch_add(1, Ordering::Relaxed);
+        self.active.store(next_seq, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Wal {
+    /// Replays `cfg.dir` into `visit`, then starts the writer on a new segment.
+    pub fn open(
+        cfg: WalConfig,
+        observer: Option<SyncObserver>,
+        visit: impl FnMut(Entry),
+    ) -> Result<(Wal, ReplayReport), WalError> {
+        let report = replay(&cfg.dir, visit)?;
+        let stats = Arc::new(WalStats::default());
+        stats.bytes.store(dir_bytes(&cfg.dir)?, Ordering::Relaxed);
+        // Appends always go to a fresh segment: the newest old one may hold a truncated tail,
+        // and sealed segments are never written again (compaction relies on it).
+        let (file, path, size) = Writer::open_segment(&cfg, report.next_seq)?;
+        stats.bytes.fetch_add(size, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        let active = Arc::new(AtomicU64::new(report.next_seq));
+        let writer = Writer {
+            active: active.clone(),
+            cfg: cfg.clone(),
+            file,
+            path,
+            size,
+            stats: stats.clone(),
+            observer,
+        };
+        let thread = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(&cfg.dir, "start writer thread"))?;
+        Ok((
+            Wal {
+                tx,
+                next_seq: Arc::new(AtomicU64::new(report.next_seq)),
+                stats,
+                dir: cfg.dir,
+                order: Arc::new(std::sync::Mutex::new(())),
+                active,
+                thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            },
+            report,
+        ))
+    }
+
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<(), WalError> {
+        self.tx
+            .send(cmd)
+            .map_err(|_| WalError::Stopped("the writer thread has exited".into()))
+    }
+
+    /// Appends a body and returns once it is durable, with its sequence number.
+    ///
+    /// Sequence numbers are taken in the order appends reach the writer's queue, which is the
+    /// order they are written, so the log is ordered by sequence.
+    pub async fn append_body(
+        &self,
+        kind: RecordKind,
+        identity: &str,
+        request_id: &str,
+        body: Bytes,
+        at_ms: i64,
+    ) -> Result<u64, WalError> {
+        self.append_body_tracked(kind, identity, request_id, body, at_ms, |_| {})
+            .await
+    }
+
+    /// [`Wal::append_body`], calling `on_seq` with the sequence number as it is assigned (in
+    /// order with every other append), before the record is durable.
+    pub async fn append_body_tracked(
+        &self,
+        kind: RecordKind,
+        identity: &str,
+        request_id: &str,
+        body: Bytes,
+        at_ms: i64,
+        on_seq: impl FnOnce(u64),
+    ) -> Result<u64, WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        {
+            // The sequence must be taken and sent together so the queue stays in order.
+            let _g = self.order_lock();
+            let seq = self.seq();
+            on_seq(seq);
+            let rec = BodyRecord {
+                seq,
+                at_ms,
+                kind,
+                identity: identity.to_owned(),
+                request_id: request_id.to_owned(),
+                body,
+            };
+            self.send(Cmd::Append {
+                entry: Entry::Body(rec),
+                reply: Some(reply),
+            })?;
+        }
+        self.stats.records.fetch_add(1, Ordering::Relaxed);
+        rx.await
+            .map_err(|_| WalError::Stopped("the writer thread has exited".into()))?
+            .map_err(WalError::Stopped)
+    }
+
+    /// Appends the outcome of a body; it becomes durable with the next sync (not waited for:
+    /// a lost outcome only means the body is applied again, idempotently, after a crash).
+    pub fn append_applied(
+        &self,
+        body_seq: u64,
+        status: u16,
+        first: bool,
+        id: &str,
+        at_ms: i64,
+    ) -> Result<(), WalError> {
+        let _g = self.order_lock();
+        let rec = AppliedRecord {
+            seq: self.seq(),
+            at_ms,
+            body_seq,
+            status,
+            first,
+            id: id.to_owned(),
+        };
+        self.stats.records.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::Append {
+            entry: Entry::Applied(rec),
+            reply: None,
+        })
+    }
+
+    /// Returns once everything appended before it is durable; the highest sequence number
+    /// written so far.
+    pub async fn sync(&self) -> Result<u64, WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Cmd::Barrier(reply))?;
+        rx.await
+            .map_err(|_| WalError::Stopped("the writer thread has exited".into()))?
+            .map_err(WalError::Stopped)
+    }
+
+    fn order_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Held only to take a sequence number and queue the record (no await, no I/O), so a
+        // poisoned lock guards nothing broken.
+        self.order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next sequence number that will be assigned.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// First sequence number of the segment being written (older segments are sealed).
+    pub fn active_first_seq(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// The WAL's counters.
+    pub fn stats(&self) -> &Arc<WalStats> {
+        &self.stats
+    }
+
+    /// The WAL directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the writer after a final sync of everything queued (other clones must be dropped
+    /// first for the thread to end; this waits for it).
+    pub fn shutdown(self) {
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(self.tx);
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Bytes in the segments of `dir`.
+pub fn dir_bytes(dir: &Path) -> Result<u64, WalError> {
+    let mut total = 0;
+    for (_, p) in list_segments(dir)? {
+        total += std::fs::metadata(&p).map_err(io_err(&p, "stat"))?.len();
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compaction and retention
+
+/// What a compaction pass did.
+#[derive(Debug, Default, PartialEq)]
+pub struct CompactReport {
+    /// Segments rewritten.
+    pub compacted: usize,
+    /// Records dropped (rejections, duplicates, outcome markers).
+    pub dropped: u64,
+    /// Records kept.
+    pub kept: u64,
+    /// Segments deleted by retention.
+    pub expired: usize,
+    /// Bytes before and after.
+    pub bytes_before: u64,
+    /// Bytes after.
+    pub bytes_after: u64,
+}
+
+/// Whether every record of the segment at `path` is a compacted body.
+pub fn segment_is_compacted(path: &Path) -> Result<bool, WalError> {
+    let (buf, ok) = read_segment(path)?;
+    if !ok {
+        return Ok(false);
+    }
+    let scan = scan_frames(&buf[MAGIC.len()..]);
+    Ok(scan.stop.is_none()
+        && scan
+            .entries
+            .iter()
+            .all(|e| matches!(e, Entry::AppliedBody(..))))
+}
+
+/// Compacts the sealed segments of `dir` older than `active_first_seq` (the writer's current
+/// segment) whose bodies all have outcomes, and deletes compacted segments whose newest record
+/// is older than `retention`. Safe to run while the writer appends to its own segment.
+pub fn compact(
+    dir: &Path,
+    active_first_seq: u64,
+    retention: Duration,
+    now_ms: i64,
+) -> Result<CompactReport, WalError> {
+    let segs = list_segments(dir)?;
+    let mut report = CompactReport::default();
+    // Outcomes by body seq, from every segment (an outcome may be written after its body's
+    // segment was sealed).
+    let mut outcomes: HashMap<u64, AppliedRecord> = HashMap::new();
+    let mut contents: BTreeMap<u64, (PathBuf, Vec<Entry>, bool, u64)> = BTreeMap::new();
+    for (first, path) in &segs {
+        let (buf, ok) = read_segment(path)?;
+        if !ok {
+            continue;
+        }
+        let scan = scan_frames(&buf[MAGIC.len()..]);
+        for e in &scan.entries {
+            match e {
+                Entry::Applied(a) | Entry::AppliedBody(_, a) => {
+                    outcomes.insert(a.body_seq, a.clone());
+                }
+                Entry::Body(_) => {}
+            }
+        }
+        if *first < active_first_seq {
+            contents.insert(
+                *first,
+                (
+                    path.clone(),
+                    scan.entries,
+                    scan.stop.is_none(),
+                    buf.len() as u64,
+                ),
+            );
+        }
+    }
+    // The writer's segment is the newest; only segments strictly before it are sealed.
+    let sealed_upto = segs
+        .iter()
+        .map(|(f, _)| *f)
+        .filter(|f| *f >= active_first_seq)
+        .min()
+        .unwrap_or(active_first_seq);
+    for (first, (path, entries, clean, size)) in contents {
+        // Stop at the first segment that cannot be compacted: an outcome in a later segment
+        // may be the only record of an earlier body's outcome, so later segments wait.
+        if first >= sealed_upto || !clean {
+            break;
+        }
+        let all_applied = entries.iter().all(|e| match e {
+            Entry::Body(b) => outcomes.contains_key(&b.seq),
+            _ => true,
+        });
+        if !all_applied {
+            break;
+        }
+        let newest_ms = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Body(b) | Entry::AppliedBody(b, _) => b.at_ms,
+                Entry::Applied(a) => a.at_ms,
+            })
+            .max()
+            .unwrap_or(0);
+        let already = entries.iter().all(|e| matches!(e, Entry::AppliedBody(..)));
+        if newest_ms + retention.as_millis() as i64 <= now_ms {
+            std::fs::remove_file(&path).map_err(io_err(&path, "delete expired segment"))?;
+            report.expired += 1;
+            report.bytes_before += size;
+            continue;
+        }
+        if already {
+            continue;
+        }
+        let mut buf = MAGIC.to_vec();
+        for e in &entries {
+            match e {
+                Entry::Body(b) => {
+                    let Some(a) = outcomes.get(&b.seq) else {
+                        continue;
+                    };
+                    if a.first && (a.status == 200 || a.status == 202) {
+                        encode_frame(
+                            &encode_payload(&Entry::AppliedBody(b.clone(), a.clone())),
+                            &mut buf,
+                        );
+                        report.kept += 1;
+                    } else {
+                        report.dropped += 1;
+                    }
+                }
+                Entry::AppliedBody(..) => {
+                    encode_frame(&encode_payload(e), &mut buf);
+                    report.kept += 1;
+                }
+                Entry::Applied(_) => report.dropped += 1,
+            }
+        }
+        let tmp = path.with_extension("compact.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
+            f.write_all(&buf).map_err(io_err(&tmp, "write"))?;
+            f.sync_all().map_err(io_err(&tmp, "fsync"))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io_err(&path, "replace with compacted"))?;
+        report.compacted += 1;
+        report.bytes_before += size;
+        report.bytes_after += buf.len() as u64;
+    }
+    sync_dir(dir)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body(seq: u64, text: &str) -> BodyRecord {
+        BodyRecord {
+            seq,
+            at_ms: 1_700_000_000_000 + seq as i64,
+            kind: RecordKind::Pcs,
+            identity: "spiffe://coherence.dev/ns/shop/sa/a".into(),
+            request_id: format!("r{seq}"),
+            body: Bytes::from(text.to_owned()),
+        }
+    }
+
+    fn read_all(dir: &Path) -> (Vec<Entry>, ReplayReport) {
+        let mut out = Vec::new();
+        let r = replay(dir, |e| out.push(e)).unwrap();
+        (out, r)
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(seq in 0u64..u64::MAX / 2, at in any::<i64>(), status in any::<u16>(),
+                              first in any::<bool>(), id in "[a-f0-9]{0,64}", ident in ".{0,80}",
+                              payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let b = BodyRecord { seq, at_ms: at, kind: RecordKind::Signals, identity: ident.clone(),
+                                 request_id: id.clone(), body: Bytes::from(payload) };
+            let a = AppliedRecord { seq: seq + 1, at_ms: at, body_seq: seq, status, first, id };
+            for e in [Entry::Body(b.clone()), Entry::Applied(a.clone()), Entry::AppliedBody(b, a)] {
+                let mut framed = Vec::new();
+                encode_frame(&encode_payload(&e), &mut framed);
+                let scan = scan_frames(&framed);
+                prop_assert!(scan.stop.is_none());
+                prop_assert_eq!(scan.entries, vec![e]);
+            }
+        }
+
+        #[test]
+        fn any_truncation_keeps_a_prefix(cut in 0usize..400) {
+            let mut framed = Vec::new();
+            for i in 0..5 {
+                encode_frame(&encode_payload(&Entry::Body(body(i, "{\"x\":1}"))), &mut framed);
+            }
+            let cut = cut.min(framed.len());
+            let scan = scan_frames(&framed[..cut]);
+            prop_assert!(scan.good_len <= cut);
+            for (i, e) in scan.entries.iter().enumerate() {
+                prop_assert_eq!(e, &Entry::Body(body(i as u64, "{\"x\":1}")));
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_are_durable_and_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, rep) = Wal::open(WalConfig::new(dir.path()), None, |_| {}).unwrap();
+        assert_eq!(rep.next_seq, 1);
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let w = wal.clone();
+            tasks.push(tokio::spawn(async move {
+                w.append_body(
+                    RecordKind::Pcs,
+                    "id",
+                    "rid",
+                    Bytes::from(format!("body {i}")),
+                    5,
+                )
+                .await
+                .unwrap()
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        // Fewer syncs than appends: they were grouped.
+        let syncs = wal.stats().syncs.load(Ordering::Relaxed);
+        assert!((1..=200).contains(&syncs), "syncs {syncs}");
+        wal.shutdown();
+        let (entries, rep) = read_all(dir.path());
+        assert_eq!(rep.records, 200);
+        let order: Vec<u64> = entries.iter().map(Entry::seq).collect();
+        assert_eq!(
+            order,
+            (1..=200).collect::<Vec<_>>(),
+            "the log is in sequence order"
+        );
+        assert_eq!(rep.next_seq, 201);
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_truncated_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalConfig::new(dir.path()), None, |_| {}).unwrap();
+        for i in 0..3 {
+            wal.append_body(RecordKind::Pcs, "id", "r", Bytes::from(format!("b{i}")), 1)
+                .await
+                .unwrap();
+        }
+        wal.shutdown();
+        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let good = std::fs::metadata(&seg).unwrap().len();
+        // Half a frame, as a crash in the middle of a write leaves it.
+        let mut frame = Vec::new();
+        encode_frame(
+            &encode_payload(&Entry::Body(body(4, "never acknowledged"))),
+            &mut frame,
+        );
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&frame[..frame.len() / 2]).unwrap();
+        drop(f);
+        let (wal, rep) = Wal::open(WalConfig::new(dir.path()), None, |_| {}).unwrap();
+        assert_eq!(rep.records, 3);
+        assert_eq!(rep.torn_bytes, (frame.len() / 2) as u64);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), good);
+        let seq = wal
+            .append_body(RecordKind::Pcs, "id", "r", Bytes::from_static(b"after"), 1)
+            .await
+            .unwrap();
+        assert_eq!(seq, 4);
+        wal.shutdown();
+        let (entries, rep) = read_all(dir.path());
+        assert_eq!(rep.records, 4);
+        assert!(rep.corrupt.is_empty());
+        assert!(matches!(&entries[3], Entry::Body(b) if b.body == Bytes::from_static(b"after")));
+    }
+
+    #[tokio::test]
+    async fn corruption_in_an_older_segment_is_skipped_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = WalConfig::new(dir.path());
+        cfg.segment_bytes = 200;
+        let (wal, _) = Wal::open(cfg.clone(), None, |_| {}).unwrap();
+        for i in 0..20 {
+            wal.append_body(
+                RecordKind::Pcs,
+                "id",
+                "r",
+                Bytes::from(format!("body number {i:04}")),
+                1,
+            )
+            .await
+            .unwrap();
+        }
+        wal.shutdown();
+        let segs = list_segments(dir.path()).unwrap();
+        assert!(
+            segs.len() >= 3,
+            "rotation by size made {} segments",
+            segs.len()
+        );
+        let (_, first) = &segs[0];
+        let mut bytes = std::fs::read(first).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        std::fs::write(first, &bytes).unwrap();
+        let (entries, rep) = read_all(dir.path());
+        assert_eq!(rep.corrupt.len(), 1, "{:?}", rep.corrupt);
+        assert!(rep.corrupt[0].contains("CRC"), "{:?}", rep.corrupt);
+        assert_eq!(entries.len(), 19, "only the damaged record is lost");
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_first_applications_and_retention_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = WalConfig::new(dir.path());
+        cfg.segment_bytes = 300;
+        let (wal, _) = Wal::open(cfg.clone(), None, |_| {}).unwrap();
+        // seq: body 1 accepted first, body 3 duplicate, body 5 rejected, body 7 escalated first.
+        let mut outcomes = Vec::new();
+        for (i, (status, first)) in [(200, true), (200, false), (401, false), (202, true)]
+            .iter()
+            .enumerate()
+        {
+            let seq = wal
+                .append_body(
+                    RecordKind::Pcs,
+                    "id",
+                    "r",
+                    Bytes::from(format!("payload {i} ........................")),
+                    1_000,
+                )
+                .await
+                .unwrap();
+            wal.append_applied(seq, *status, *first, &format!("id{i}"), 1_000)
+                .unwrap();
+            outcomes.push(seq);
+        }
+        // One more body so the segments above are sealed, left without outcome.
+        let pending = wal
+            .append_body(
+                RecordKind::Pcs,
+                "id",
+                "r",
+                Bytes::from_static(b"pending"),
+                1_000,
+            )
+            .await
+            .unwrap();
+        wal.sync().await.unwrap();
+        let active = wal.active_first_seq();
+        let report = compact(dir.path(), active, Duration::from_secs(3600), 2_000).unwrap();
+        assert!(report.compacted >= 1, "{report:?}");
+        wal.shutdown();
+        let (entries, _) = read_all(dir.path());
+        let kept: Vec<u64> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::AppliedBody(b, a) => {
+                    assert!(a.first && (a.status == 200 || a.status == 202));
+                    Some(b.seq)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kept, vec![outcomes[0], outcomes[3]]);
+        assert!(
+            entries
+                .iter()
+                .any(|e| matches!(e, Entry::Body(b) if b.seq == pending)),
+            "unapplied body kept"
+        );
+        // Everything compacted is older than a 1 s retention at t = 1 day.
+        let before = list_segments(dir.path()).unwrap().len();
+        let report = compact(dir.path(), u64::MAX, Duration::from_secs(1), 86_400_000).unwrap();
+        let after = list_segments(dir.path()).unwrap().len();
+        assert!(report.expired >= 1 && after < before, "{report:?}");
+        let (entries, _) = read_all(dir.path());
+        assert!(
+            entries
+                .iter()
+                .any(|e| matches!(e, Entry::Body(b) if b.seq == pending)),
+            "unapplied bodies are never expired"
+        );
+    }
+}
