@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::Request;
 use coherence_core::pcs::{self, BuildInput, Params, Pcs, Signer, Verifier};
 use coherence_core::report::{FinopsSample, SignalReport, WindowReport};
 use coherence_core::window::DriftRisk;
@@ -11,7 +11,7 @@ use coherence_verifier::api::{self, AppState, Caller};
 use coherence_verifier::dedup::{Store, memory::MemoryStore};
 use coherence_verifier::ingest::{Ingest, IngestConfig};
 use coherence_verifier::limit::RateLimiter;
-use coherence_verifier::metrics::{Metrics, encode};
+use coherence_verifier::metrics::Metrics;
 use coherence_verifier::wal::WalConfig;
 use http_body_util::BodyExt;
 use serde_json::Value;
