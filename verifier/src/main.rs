@@ -23,6 +23,20 @@ struct Cli {
 enum Cmd {
     /// Serve the submit API (TLS) and the admin port.
     Serve(Box<ServeArgs>),
+    /// Inspect a WAL directory.
+    #[command(subcommand)]
+    Wal(WalCmd),
+}
+
+#[derive(Subcommand)]
+enum WalCmd {
+    /// Read a WAL directory without changing it; print what it holds as JSON and exit 1 if an
+    /// id was stored first more than once.
+    Audit {
+        /// The WAL directory.
+        #[arg(long, env = "COHERENCE_WAL_DIR")]
+        wal_dir: std::path::PathBuf,
+    },
 }
 
 fn init_logs(format: &str) {
@@ -77,7 +91,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let Cmd::Serve(args) = cli.cmd;
+    let args = match cli.cmd {
+        Cmd::Serve(args) => args,
+        Cmd::Wal(WalCmd::Audit { wal_dir }) => {
+            return match coherence_verifier::wal::audit(&wal_dir) {
+                Ok(a) => {
+                    println!("{}", serde_json::to_string_pretty(&a).unwrap_or_default());
+                    ExitCode::from(u8::from(!a.applied_more_than_once.is_empty()))
+                }
+                Err(e) => {
+                    eprintln!("coherence-verifier: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+    };
     match rt.block_on(serve(*args, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -439,8 +439,23 @@ fn read_segment(path: &Path) -> Result<(Vec<u8>, bool), WalError> {
 
 /// Reads every segment of `cfg.dir` in order, truncating a torn tail of the newest one, and
 /// hands each entry to `visit`.
-pub fn replay(dir: &Path, mut visit: impl FnMut(Entry)) -> Result<ReplayReport, WalError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir, "create"))?;
+pub fn replay(dir: &Path, visit: impl FnMut(Entry)) -> Result<ReplayReport, WalError> {
+    replay_inner(dir, true, visit)
+}
+
+/// Reads every segment without changing any file (a torn tail is reported, not cut).
+pub fn read_only(dir: &Path, visit: impl FnMut(Entry)) -> Result<ReplayReport, WalError> {
+    replay_inner(dir, false, visit)
+}
+
+fn replay_inner(
+    dir: &Path,
+    repair: bool,
+    mut visit: impl FnMut(Entry),
+) -> Result<ReplayReport, WalError> {
+    if repair {
+        std::fs::create_dir_all(dir).map_err(io_err(dir, "create"))?;
+    }
     let segs = list_segments(dir)?;
     let mut report = ReplayReport {
         segments: segs.len(),
@@ -452,9 +467,11 @@ pub fn replay(dir: &Path, mut visit: impl FnMut(Entry)) -> Result<ReplayReport, 
         let (buf, ok_magic) = read_segment(path)?;
         if !ok_magic {
             if newest && buf.len() < MAGIC.len() && MAGIC.starts_with(&buf) {
-                // Died while creating the segment: nothing in it was ever acknowledged.
-                std::fs::remove_file(path).map_err(io_err(path, "remove torn segment"))?;
                 report.torn_bytes += buf.len() as u64;
+                if repair {
+                    // Died while creating the segment: nothing in it was ever acknowledged.
+                    std::fs::remove_file(path).map_err(io_err(path, "remove torn segment"))?;
+                }
                 continue;
             }
             report
@@ -473,7 +490,9 @@ pub fn replay(dir: &Path, mut visit: impl FnMut(Entry)) -> Result<ReplayReport, 
         }
         if let Some(why) = scan.stop {
             let good = (MAGIC.len() + scan.good_len) as u64;
-            if newest {
+            if newest && !repair {
+                report.torn_bytes += buf.len() as u64 - good;
+            } else if newest {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(path)
@@ -1279,4 +1298,68 @@ mod tests {
             "unapplied bodies are never expired"
         );
     }
+}
+
+/// What an audit of a WAL directory found (`coherence-verifier wal audit`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Audit {
+    /// Segments.
+    pub segments: usize,
+    /// Records.
+    pub records: u64,
+    /// Bodies (compacted ones included).
+    pub bodies: u64,
+    /// Bodies with no outcome yet (waiting for the store, or cut off by a crash).
+    pub bodies_without_outcome: u64,
+    /// Outcome records that stored their id first.
+    pub first_applications: u64,
+    /// Ids stored first by more than one outcome record: must be empty.
+    pub applied_more_than_once: Vec<String>,
+    /// Outcome records by HTTP status.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Bytes of a torn tail (not cut: the audit changes nothing).
+    pub torn_bytes: u64,
+    /// Damaged segments.
+    pub corrupt: Vec<String>,
+}
+
+/// Reads `dir` without changing it and checks that no id was stored first twice.
+pub fn audit(dir: &Path) -> Result<Audit, WalError> {
+    fn outcome_of(o: &AppliedRecord, a: &mut Audit, firsts: &mut HashMap<String, u64>) {
+        *a.statuses.entry(o.status).or_default() += 1;
+        if o.first && !o.id.is_empty() {
+            a.first_applications += 1;
+            *firsts.entry(o.id.clone()).or_default() += 1;
+        }
+    }
+    let mut a = Audit::default();
+    let mut open_bodies: BTreeMap<u64, ()> = BTreeMap::new();
+    let mut firsts: HashMap<String, u64> = HashMap::new();
+    let report = read_only(dir, |e| match e {
+        Entry::Body(b) => {
+            a.bodies += 1;
+            open_bodies.insert(b.seq, ());
+        }
+        Entry::Applied(o) => {
+            open_bodies.remove(&o.body_seq);
+            outcome_of(&o, &mut a, &mut firsts);
+        }
+        Entry::AppliedBody(_, o) => {
+            a.bodies += 1;
+            outcome_of(&o, &mut a, &mut firsts);
+        }
+    })?;
+    a.segments = report.segments;
+    a.records = report.records;
+    a.torn_bytes = report.torn_bytes;
+    a.corrupt = report.corrupt;
+    a.bodies_without_outcome = open_bodies.len() as u64;
+    let mut twice: Vec<String> = firsts
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    twice.sort();
+    a.applied_more_than_once = twice;
+    Ok(a)
 }
