@@ -7,6 +7,7 @@
 //! purged). A backend that cannot answer within its timeout is [`StoreError::Unavailable`]:
 //! the verifier then fails closed with 503 and keeps the body in its WAL.
 
+mod health;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
