@@ -3,10 +3,12 @@
 //!
 //! Three backends share one interface ([`Store`]): `memory` (a map, snapshotted to the WAL
 //! directory so a restart remembers), `redis` (`SET NX PX`, `REDIS_ADDR`) and `postgres`
-//! (`INSERT … ON CONFLICT DO NOTHING`, `DATABASE_URL`, table created on start, expired rows
-//! purged). A backend that cannot answer within its timeout is [`StoreError::Unavailable`]:
-//! the verifier then fails closed with 503 and keeps the body in its WAL.
+//! (`INSERT … ON CONFLICT DO UPDATE` only where the stored row has expired, `DATABASE_URL`,
+//! table created on start, expired rows purged). A backend that cannot answer within its
+//! timeout is [`StoreError::Unavailable`]: the verifier then fails closed with 503 and keeps the
+//! body in its WAL.
 
+mod health;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
