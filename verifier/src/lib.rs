@@ -3,3 +3,4 @@
 //! deduplication (memory, Redis, PostgreSQL), the workload summary API and Prometheus metrics.
 
 pub mod dedup;
+pub mod tls;
