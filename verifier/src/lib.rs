@@ -2,5 +2,6 @@
 //! write-ahead log written before any parsing, verification of PCS and signal reports,
 //! deduplication (memory, Redis, PostgreSQL), the workload summary API and Prometheus metrics.
 
+pub mod client;
 pub mod dedup;
 pub mod tls;
