@@ -490,6 +490,10 @@ mod tests {
     }
 
     async fn serve(config: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
+        serve_with(config, true).await
+    }
+
+    async fn serve_with(config: Option<Arc<rustls::ServerConfig>>, keep_alive: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -497,7 +501,8 @@ mod tests {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let config = config.clone();
                 tokio::spawn(async move {
-                    let builder = hyper::server::conn::http1::Builder::new();
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder.keep_alive(keep_alive);
                     match config {
                         Some(config) => {
                             let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
@@ -582,6 +587,30 @@ mod tests {
             client.handshakes() + client.resumed_handshakes(),
             client.connections()
         );
+    }
+
+    #[tokio::test]
+    async fn connections_the_server_closes_are_replaced() {
+        let (_d, g) = certs(&[]);
+        let server = tls::server_config(&g.verifier.cert, &g.verifier.key, &g.ca.cert).unwrap();
+        let addr = serve_with(Some(server), false).await;
+        let config = tls::client_config(&g.ca.cert, &g.client.cert, &g.client.key).unwrap();
+        let client =
+            Client::new(&format!("https://127.0.0.1:{}", addr.port()), Some(config)).unwrap();
+        for _ in 0..5 {
+            let r = client
+                .post_json("/v1/pcs/submit", Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+        }
+        assert_eq!(client.connections(), 5);
+        let plain = serve_with(None, false).await;
+        let client = Client::new(&format!("http://{plain}"), None).unwrap();
+        for _ in 0..3 {
+            assert_eq!(client.get("/healthz").await.unwrap().status, 200);
+        }
+        assert_eq!(client.connections(), 3);
     }
 
     #[tokio::test]
