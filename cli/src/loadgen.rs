@@ -552,8 +552,9 @@ impl Histogram {
             return i as u64;
         }
         let shift = (i >> (SUB_BITS - 1)) - 1;
-        let top = (i - (shift << (SUB_BITS - 1))) as u64;
-        ((top + 1) << shift) - 1
+        let top = (i - (shift << (SUB_BITS - 1))) as u128;
+        // u128: the top buckets end past u64::MAX.
+        u64::try_from(((top + 1) << shift) - 1).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn record(&self, micros: u64) {
@@ -1100,6 +1101,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_round_trip() {
+        assert_eq!(Histogram::upper(Histogram::index(u64::MAX)), u64::MAX);
         for v in [0u64, 1, 127, 128, 129, 255, 256, 1000, 123_456, 10_000_000] {
             let i = Histogram::index(v);
             assert!(Histogram::upper(i) >= v, "{v}");
