@@ -2,9 +2,11 @@
 
 mod aes;
 mod analyze;
+mod certs;
 mod error;
 mod files;
 mod keys;
+mod loadgen;
 mod pcs;
 mod score;
 mod simulate;
@@ -16,11 +18,13 @@ use std::process::ExitCode;
 const EXIT_CODES: &str = "\
 Exit codes:
   0   success
-  1   the check failed: `validate` found invalid lines, `pcs verify` rejected the record
+  1   the check failed: `validate` found invalid lines, `pcs verify` rejected the record,
+      `loadgen` got no answer at all
   2   usage error (unknown flag, missing argument)
   64  bad configuration: a flag or environment variable has a value that cannot be used
   65  bad input data: a file that must be valid as a whole is not (e.g. the PCS JSON of `pcs sign`)
   66  an input file cannot be opened or read
+  73  an output file already exists (`certs gen` without --force)
   74  an output file cannot be written";
 
 /// Coherence: watch the variance of workloads, prove what was computed, gate what follows.
@@ -51,6 +55,11 @@ enum Command {
     /// Generate signing keys.
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Generate a development CA and mTLS certificates for the verifier and its clients.
+    #[command(subcommand)]
+    Certs(certs::Command),
+    /// Send signed records to a verifier at a fixed rate and summarise the answers.
+    Loadgen(loadgen::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +72,8 @@ fn main() -> ExitCode {
         Command::Encrypt(a) => aes::run_encrypt(a),
         Command::Pcs(c) => pcs::run(c),
         Command::Keys(c) => keys::run(c),
+        Command::Certs(c) => certs::run(c),
+        Command::Loadgen(a) => loadgen::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 //! deduplication (memory, Redis, PostgreSQL), the workload summary API and Prometheus metrics.
 
 pub mod api;
+pub mod client;
 pub mod dedup;
 pub mod ingest;
 pub mod limit;
