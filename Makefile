@@ -5,7 +5,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/release/coherence
 DEMO_DIR := $(TARGET_DIR)/demo
 
-.PHONY: all build demo test lint fmt bench bench-core bench-compare clean
+.PHONY: all build demo test test-chaos chaos lint fmt bench bench-core bench-compare bench-verifier clean
 
 all: build
 
@@ -19,7 +19,8 @@ demo: build
 	$(BIN) validate $(DEMO_DIR)/telemetry.jsonl
 	$(BIN) analyze $(DEMO_DIR)/telemetry.jsonl --window 1h --format text
 
-## test: every unit, property and CLI test of the workspace, and the doc tests.
+## test: every unit, property, CLI and process test of the workspace, the doc tests, and a short
+## crash-safety run (the tests of the Redis and PostgreSQL stores use the real servers).
 test:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
@@ -27,6 +28,17 @@ test:
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
 	$(CARGO) test --workspace --locked --doc
+	$(MAKE) test-chaos
+
+test-chaos:
+	$(CARGO) build --locked --bins
+	python3 scripts/chaos.py --cycles 8 --bin-dir $(TARGET_DIR)/debug
+
+## chaos: 1,000 SIGKILL cycles of the verifier under load (about 25 minutes); CHAOS_ARGS adds
+## flags, e.g. CHAOS_ARGS="--backend redis".
+chaos:
+	$(CARGO) build --release --locked --bins
+	python3 scripts/chaos.py --cycles 1000 --bin-dir $(TARGET_DIR)/release $(CHAOS_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

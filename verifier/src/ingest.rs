@@ -153,7 +153,10 @@ impl Ingest {
                 }
             }
             Entry::Applied(a) => {
-                applied_seqs.insert(a.body_seq);
+                // Compaction may already have folded this outcome into its body.
+                if !applied_seqs.insert(a.body_seq) {
+                    return;
+                }
                 if let Some(b) = bodies.remove(&a.body_seq) {
                     if a.first {
                         outcomes.push((b, a));
@@ -161,8 +164,7 @@ impl Ingest {
                 }
             }
             Entry::AppliedBody(b, a) => {
-                applied_seqs.insert(b.seq);
-                if a.first {
+                if applied_seqs.insert(b.seq) && a.first {
                     outcomes.push((b, a));
                 }
             }

@@ -1279,6 +1279,11 @@ mod tests {
             })
             .collect();
         assert_eq!(kept, vec![outcomes[0], outcomes[3]]);
+        // An outcome folded into its body and still present on its own counts once.
+        let a = audit(dir.path()).unwrap();
+        assert_eq!(a.first_applications, 2, "{a:?}");
+        assert!(a.applied_more_than_once.is_empty(), "{a:?}");
+        assert_eq!(a.bodies_without_outcome, 1, "{a:?}");
         assert!(
             entries
                 .iter()
@@ -1325,16 +1330,26 @@ pub struct Audit {
 
 /// Reads `dir` without changing it and checks that no id was stored first twice.
 pub fn audit(dir: &Path) -> Result<Audit, WalError> {
-    fn outcome_of(o: &AppliedRecord, a: &mut Audit, firsts: &mut HashMap<String, u64>) {
-        *a.statuses.entry(o.status).or_default() += 1;
+    // A body's outcome can be seen twice: compaction folds it into the body's segment while
+    // the original outcome record still sits in the segment being written. What counts is
+    // how many different bodies stored an id first.
+    fn outcome_of(
+        o: &AppliedRecord,
+        a: &mut Audit,
+        firsts: &mut HashMap<String, std::collections::BTreeSet<u64>>,
+    ) {
         if o.first && !o.id.is_empty() {
-            a.first_applications += 1;
-            *firsts.entry(o.id.clone()).or_default() += 1;
+            if firsts.entry(o.id.clone()).or_default().insert(o.body_seq) {
+                a.first_applications += 1;
+                *a.statuses.entry(o.status).or_default() += 1;
+            }
+        } else {
+            *a.statuses.entry(o.status).or_default() += 1;
         }
     }
     let mut a = Audit::default();
     let mut open_bodies: BTreeMap<u64, ()> = BTreeMap::new();
-    let mut firsts: HashMap<String, u64> = HashMap::new();
+    let mut firsts: HashMap<String, std::collections::BTreeSet<u64>> = HashMap::new();
     let report = read_only(dir, |e| match e {
         Entry::Body(b) => {
             a.bodies += 1;
@@ -1356,7 +1371,7 @@ pub fn audit(dir: &Path) -> Result<Audit, WalError> {
     a.bodies_without_outcome = open_bodies.len() as u64;
     let mut twice: Vec<String> = firsts
         .into_iter()
-        .filter(|(_, n)| *n > 1)
+        .filter(|(_, bodies)| bodies.len() > 1)
         .map(|(id, _)| id)
         .collect();
     twice.sort();
