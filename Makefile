@@ -56,6 +56,10 @@ bench-core:
 bench-compare: build
 	bench/compare.sh
 
+## bench-verifier: the verifier under mTLS load (HMAC, Ed25519) beside its ceilings, same run.
+bench-verifier:
+	bench/verifier.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf $(DEMO_DIR) bench/out

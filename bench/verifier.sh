@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# make bench-verifier: the verifier under load over real mTLS (memory store, fsync on), beside
+# its ceilings measured in the same run. Prints one JSON document per algorithm and a summary.
+#
+#   RATE=10000 DURATION=10s CONCURRENCY=64 bench/verifier.sh
+#
+# Both the verifier and the load generator run on this machine, so they share its cores: the
+# figure is what the verifier sustains while a client of the same size runs beside it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+RATE="${RATE:-10000}"
+DURATION="${DURATION:-10s}"
+CONCURRENCY="${CONCURRENCY:-64}"
+OUT=bench/out
+mkdir -p "$OUT"
+cargo build --release --locked --bins >&2
+cargo build --release --locked -p coherence-verifier --example ceiling >&2
+BIN="$TARGET_DIR/release"
+WORK="$(mktemp -d)"
+trap 'pkill -f "coherence-verifier serve --listen 127.0.0.1:28443" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+"$BIN/coherence" certs gen --out "$WORK/certs" >/dev/null
+export COHERENCE_TLS_CERT="$WORK/certs/verifier.crt" COHERENCE_TLS_KEY="$WORK/certs/verifier.key" \
+  COHERENCE_TLS_CA="$WORK/certs/ca.crt" TOKEN_RATE=0 RUST_LOG=warn
+
+run() { # alg
+  local alg="$1"
+  if [ "$alg" = hmac ]; then
+    export PCS_SIGN_ALG=hmac PCS_HMAC_KEY=bench-key
+    unset PCS_ED25519_KEY_B64 PCS_ED25519_PUB_B64 || true
+  else
+    export PCS_SIGN_ALG=ed25519 PCS_ED25519_KEY_B64="$(python3 -c 'import base64;print(base64.b64encode(bytes(range(1,33))).decode())')"
+    unset PCS_HMAC_KEY || true
+  fi
+  rm -rf "$WORK/wal"
+  "$BIN/coherence-verifier" serve --listen 127.0.0.1:28443 --admin-listen 127.0.0.1:29102 \
+    --wal-dir "$WORK/wal" 2>"$OUT/verifier-$alg.log" &
+  local pid=$!
+  for _ in $(seq 1 100); do curl -sf 127.0.0.1:29102/readyz >/dev/null && break; sleep 0.1; done
+  "$BIN/coherence" loadgen --endpoint https://127.0.0.1:28443 --certs "$WORK/certs" \
+    --rate "$RATE" --duration "$DURATION" --concurrency "$CONCURRENCY" > "$OUT/loadgen-$alg.json" 2>/dev/null
+  curl -s 127.0.0.1:29102/metrics > "$OUT/metrics-$alg.txt"
+  kill -TERM "$pid"; wait "$pid" || true
+}
+run hmac
+run ed25519
+# The batch size the verifier actually used: WAL records per fdatasync.
+BATCH=$(python3 - "$OUT/metrics-hmac.txt" <<'PY'
+import sys
+m = {}
+for l in open(sys.argv[1]):
+    if l.startswith(("coherence_wal_fsync_duration_seconds_count", "flk_ingest_total")):
+        k, v = l.rsplit(" ", 1); m[k.split("{")[0]] = float(v)
+print(max(1, round(2 * m.get("flk_ingest_total", 1) / max(1, m.get("coherence_wal_fsync_duration_seconds_count", 1)))))
+PY
+)
+"$BIN/examples/ceiling" --dir "$WORK" --batch "$BATCH" --bytes 1100 --seconds 3 > "$OUT/ceiling.json"
+python3 - "$OUT" "$RATE" "$DURATION" "$CONCURRENCY" "$BATCH" <<'PY'
+import json, sys
+out, rate, duration, conc, batch = sys.argv[1:]
+ceil = json.load(open(f"{out}/ceiling.json"))
+summary = {"requested_rate": float(rate), "duration": duration, "concurrency": int(conc),
+           "wal_records_per_fsync": int(batch), "ceiling": ceil, "runs": {}}
+for alg in ("hmac", "ed25519"):
+    lg = json.load(open(f"{out}/loadgen-{alg}.json"))
+    verify = ceil["verify_only_per_s"][alg]
+    # Each PCS is two WAL records (body and outcome) sharing the syncs.
+    fsync_pcs = ceil["fsync"]["records_per_s"] / 2
+    bound = min(verify, fsync_pcs)
+    summary["runs"][alg] = {
+        "achieved_per_s": lg["achieved_rate"], "p50_ms": lg["latency_ms"]["p50"],
+        "p95_ms": lg["latency_ms"]["p95"], "p99_ms": lg["latency_ms"]["p99"],
+        "status": lg["status"], "transport_errors": lg["transport_errors"], "not_sent": lg["not_sent"],
+        "ceiling_per_s": round(bound), "ceiling_is": "verify-only" if verify <= fsync_pcs else "fsync",
+        "fraction_of_ceiling": round(lg["achieved_rate"] / bound, 3),
+        "target_10k_met": lg["achieved_rate"] >= 10000, "target_p95_2ms_met": lg["latency_ms"]["p95"] <= 2.0,
+    }
+json.dump(summary, open(f"{out}/verifier-summary.json", "w"), indent=2)
+print(json.dumps(summary, indent=2))
+PY
