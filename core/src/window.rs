@@ -29,36 +29,37 @@ struct ShiftedSums {
     s2: f64,
 }
 
-// `Σx` of a slice, in four interleaved partial sums (so the additions pipeline; the rounding
-// error is no larger than one running sum's).
-fn sum4(values: &[f64]) -> f64 {
+// `Σx` of the values of a slice of samples, in four interleaved partial sums (so the additions
+// pipeline; the rounding error is no larger than one running sum's).
+fn sum4(samples: &[(i64, f64)]) -> f64 {
     let mut acc = [0.0f64; 4];
-    let mut chunks = values.chunks_exact(4);
+    let mut chunks = samples.chunks_exact(4);
     for c in &mut chunks {
         for j in 0..4 {
-            acc[j] += c[j];
+            acc[j] += c[j].1;
         }
     }
     let mut tail = 0.0;
-    for &x in chunks.remainder() {
+    for &(_, x) in chunks.remainder() {
         tail += x;
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-// `(Σ(x − k), Σ(x − k)²)` of a slice, in four interleaved partial sums each.
-fn shifted4(values: &[f64], k: f64) -> (f64, f64) {
+// `(Σ(x − k), Σ(x − k)²)` of the values of a slice of samples, in four interleaved partial sums
+// each.
+fn shifted4(samples: &[(i64, f64)], k: f64) -> (f64, f64) {
     let (mut a1, mut a2) = ([0.0f64; 4], [0.0f64; 4]);
-    let mut chunks = values.chunks_exact(4);
+    let mut chunks = samples.chunks_exact(4);
     for c in &mut chunks {
         for j in 0..4 {
-            let d = c[j] - k;
+            let d = c[j].1 - k;
             a1[j] += d;
             a2[j] += d * d;
         }
     }
     let (mut t1, mut t2) = (0.0, 0.0);
-    for &x in chunks.remainder() {
+    for &(_, x) in chunks.remainder() {
         let d = x - k;
         t1 += d;
         t2 += d * d;
@@ -70,10 +71,10 @@ fn shifted4(values: &[f64], k: f64) -> (f64, f64) {
 }
 
 impl ShiftedSums {
-    // The sums of the values in `parts` (one window's values, in up to two pieces) recomputed
+    // The sums of the values in `parts` (one window's samples, in up to two pieces) recomputed
     // from scratch around `centre`, or around their own mean (an extra pass) when `centre` is
     // `None`.
-    fn recomputed(parts: [&[f64]; 2], centre: Option<f64>) -> Self {
+    fn recomputed(parts: [&[(i64, f64)]; 2], centre: Option<f64>) -> Self {
         let n = (parts[0].len() + parts[1].len()) as u64;
         if n == 0 {
             return Self::default();
@@ -115,12 +116,14 @@ impl ShiftedSums {
     }
 
     // The mean is more than four standard deviations from the centre, `17·S1² > 16·n·S2`, and
-    // further from it than rounding, `|S1| > n·OFF_CENTRE_FLOOR·|K|`.
+    // further from it than rounding, `|S1| > n·OFF_CENTRE_FLOOR·|K|` (looked at only then).
     #[inline(always)]
     fn off_centre(&self) -> bool {
         let (n, q) = ((self.n as i64) as f64, self.s1 * self.s1);
-        let floor = n * OFF_CENTRE_FLOOR * self.k;
-        (17.0 * q > 16.0 * n * self.s2) & (q > floor * floor)
+        17.0 * q > 16.0 * n * self.s2 && {
+            let floor = n * OFF_CENTRE_FLOOR * self.k;
+            q > floor * floor
+        }
     }
 }
 
@@ -129,12 +132,11 @@ impl ShiftedSums {
 /// mean does not come out exactly would be recomputed at every sample.
 const OFF_CENTRE_FLOOR: f64 = 1.0 / 4_294_967_296.0;
 
-/// The samples of a window, oldest first: timestamps and values in two rings whose capacity is
-/// a power of two, so a position wraps with a mask.
+/// The samples of a window, oldest first, as `(timestamp, value)` in a ring whose capacity is a
+/// power of two, so a position wraps with a mask.
 #[derive(Debug, Clone, Default)]
 struct Ring {
-    ts: Vec<i64>,
-    values: Vec<f64>,
+    buf: Vec<(i64, f64)>,
     head: usize,
     len: usize,
 }
@@ -143,62 +145,60 @@ impl Ring {
     // Storage index of the `i`-th oldest sample (`i < len`).
     #[inline(always)]
     fn slot(&self, i: usize) -> usize {
-        (self.head + i) & (self.ts.len() - 1)
+        (self.head + i) & (self.buf.len() - 1)
     }
 
     fn get(&self, i: usize) -> (i64, f64) {
-        let p = self.slot(i);
-        (self.ts[p], self.values[p])
+        self.buf[self.slot(i)]
     }
 
     #[inline(always)]
     fn back_ts(&self) -> Option<i64> {
-        (self.len > 0).then(|| self.ts[self.slot(self.len - 1)])
+        (self.len > 0).then(|| self.buf[self.slot(self.len - 1)].0)
     }
 
     #[inline(always)]
     fn push_back(&mut self, ts: i64, value: f64) {
-        if self.len == self.ts.len() {
+        if self.len == self.buf.len() {
             self.grow();
         }
         let p = self.slot(self.len);
-        self.ts[p] = ts;
-        self.values[p] = value;
+        self.buf[p] = (ts, value);
         self.len += 1;
     }
 
     // The oldest sample, removed, if its timestamp is at or before `cutoff`.
     #[inline(always)]
     fn pop_front_until(&mut self, cutoff: i64) -> Option<f64> {
-        if self.len == 0 || self.ts[self.head] > cutoff {
+        if self.len == 0 {
             return None;
         }
-        let v = self.values[self.head];
-        self.head = (self.head + 1) & (self.ts.len() - 1);
+        let (t, v) = self.buf[self.head];
+        if t > cutoff {
+            return None;
+        }
+        self.head = (self.head + 1) & (self.buf.len() - 1);
         self.len -= 1;
         Some(v)
     }
 
     #[cold]
     fn grow(&mut self) {
-        let cap = (2 * self.ts.len()).max(16);
-        let (mut ts, mut values) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
-        for i in 0..self.len {
-            let (t, v) = self.get(i);
-            ts.push(t);
-            values.push(v);
-        }
-        ts.resize(cap, 0);
-        values.resize(cap, 0.0);
-        (self.ts, self.values, self.head) = (ts, values, 0);
+        let cap = (2 * self.buf.len()).max(16);
+        let mut buf = Vec::with_capacity(cap);
+        buf.extend((0..self.len).map(|i| self.get(i)));
+        buf.resize(cap, (0, 0.0));
+        (self.buf, self.head) = (buf, 0);
     }
 
     // Inserts a sample after every sample with a timestamp at or before `ts`.
+    #[cold]
+    #[inline(never)]
     fn insert_sorted(&mut self, ts: i64, value: f64) {
         let (mut lo, mut hi) = (0, self.len);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.ts[self.slot(mid)] <= ts {
+            if self.get(mid).0 <= ts {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -207,20 +207,19 @@ impl Ring {
         self.push_back(ts, value);
         for i in (lo + 1..self.len).rev() {
             let (p, q) = (self.slot(i - 1), self.slot(i));
-            self.ts.swap(p, q);
-            self.values.swap(p, q);
+            self.buf.swap(p, q);
         }
     }
 
-    // The values, oldest first, in at most two pieces.
-    fn values(&self) -> [&[f64]; 2] {
-        let cap = self.values.len();
+    // The samples, oldest first, in at most two pieces.
+    fn pieces(&self) -> [&[(i64, f64)]; 2] {
+        let cap = self.buf.len();
         if self.head + self.len <= cap {
-            [&self.values[self.head..self.head + self.len], &[]]
+            [&self.buf[self.head..self.head + self.len], &[]]
         } else {
             [
-                &self.values[self.head..],
-                &self.values[..self.head + self.len - cap],
+                &self.buf[self.head..],
+                &self.buf[..self.head + self.len - cap],
             ]
         }
     }
@@ -326,7 +325,8 @@ pub struct RollingWindow {
     span: WindowSpan,
     samples: Ring,
     sums: ShiftedSums,
-    end_ms: Option<i64>,
+    // The newest timestamp seen; i64::MIN before the first.
+    end_ms: i64,
     evictions_since_exact: usize,
     rejected_non_finite: u64,
     rejected_late: u64,
@@ -339,7 +339,7 @@ impl RollingWindow {
             span,
             samples: Ring::default(),
             sums: ShiftedSums::default(),
-            end_ms: None,
+            end_ms: i64::MIN,
             evictions_since_exact: 0,
             rejected_non_finite: 0,
             rejected_late: 0,
@@ -353,14 +353,12 @@ impl RollingWindow {
 
     /// Adds a sample; the window's end moves to the newest timestamp seen. Samples that arrive
     /// out of order but still inside the window are kept; older ones are rejected as late.
+    #[inline]
     pub fn push(&mut self, ts_ms: i64, value: f64) -> Result<(), Rejected> {
         if !value.is_finite() {
             return Err(self.reject(Rejected::NonFinite));
         }
-        let end = match self.end_ms {
-            Some(e) if e > ts_ms => e,
-            _ => ts_ms,
-        };
+        let end = self.end_ms.max(ts_ms);
         let cutoff = end - self.span.ms;
         if ts_ms <= cutoff {
             return Err(self.reject(Rejected::Late));
@@ -370,7 +368,7 @@ impl RollingWindow {
         } else {
             self.samples.push_back(ts_ms, value);
         }
-        self.end_ms = Some(end);
+        self.end_ms = end;
         self.settle(Some(value), cutoff);
         Ok(())
     }
@@ -386,8 +384,8 @@ impl RollingWindow {
 
     /// Moves the window's end to `now_ms` (never backwards), evicting what falls out.
     pub fn advance_to(&mut self, now_ms: i64) {
-        let end = self.end_ms.map_or(now_ms, |e| e.max(now_ms));
-        self.end_ms = Some(end);
+        let end = self.end_ms.max(now_ms);
+        self.end_ms = end;
         self.settle(None, end - self.span.ms);
     }
 
@@ -444,7 +442,7 @@ impl RollingWindow {
 
     #[cold]
     fn recompute(&mut self, centre: Option<f64>) {
-        self.sums = ShiftedSums::recomputed(self.samples.values(), centre);
+        self.sums = ShiftedSums::recomputed(self.samples.pieces(), centre);
         self.evictions_since_exact = 0;
     }
 
@@ -467,6 +465,7 @@ impl RollingWindow {
     /// without a square root or division: with `n·μ = n·K + S1` and `n·(n − 1)·σ² = n·S2 − S1²`,
     /// `σ/|μ| > t` is tested as `n·(n·S2 − S1²) > t²·(n·K + S1)²·(n − 1)`. The mean itself is
     /// computed only for thresholds on the level.
+    #[inline]
     pub fn risk(&self, t: &DriftThresholds) -> DriftRisk {
         let ShiftedSums { n, k, s1, s2 } = self.sums;
         if n < t.min_samples {
@@ -494,7 +493,11 @@ impl RollingWindow {
 
     /// The window's statistics now.
     pub fn stats(&self) -> WindowStats {
-        let end = self.end_ms.unwrap_or(0);
+        let end = if self.end_ms == i64::MIN {
+            0
+        } else {
+            self.end_ms
+        };
         let mean = self.sums.mean();
         let stdev = self.sums.variance().sqrt();
         WindowStats {
