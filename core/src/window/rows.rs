@@ -487,11 +487,13 @@ pub struct RollingRisk<const N: usize> {
 // loop vectorises.
 #[derive(Debug, Clone)]
 struct RiskSink<const N: usize> {
+    // t² of the high threshold, and of the lower of the two (medium risk or above).
     high2: [f64; N],
-    medium2: [f64; N],
-    // Levels (−∞ without a rule on the level), and whether any signal has one.
+    medium_up2: [f64; N],
+    // Levels (−∞ without a rule on the level): high below the first, medium or above below the
+    // higher of the two; and whether any signal has one.
     high_below: [f64; N],
-    medium_below: [f64; N],
+    medium_up_below: [f64; N],
     levels: bool,
     min_samples: [u64; N],
     // Rows from which every signal has enough samples.
@@ -506,11 +508,15 @@ struct RiskSink<const N: usize> {
 impl<const N: usize> RiskSink<N> {
     fn new(t: &[DriftThresholds; N]) -> Self {
         let min_samples = t.map(|t| t.min_samples);
+        let below = |l: Option<f64>| l.unwrap_or(f64::NEG_INFINITY);
         Self {
             high2: t.map(|t| t.volatility_high * t.volatility_high),
-            medium2: t.map(|t| t.volatility_medium * t.volatility_medium),
-            high_below: t.map(|t| t.mean_high_below.unwrap_or(f64::NEG_INFINITY)),
-            medium_below: t.map(|t| t.mean_medium_below.unwrap_or(f64::NEG_INFINITY)),
+            medium_up2: t.map(|t| {
+                let v = t.volatility_medium.min(t.volatility_high);
+                v * v
+            }),
+            high_below: t.map(|t| below(t.mean_high_below)),
+            medium_up_below: t.map(|t| below(t.mean_medium_below).max(below(t.mean_high_below))),
             levels: t
                 .iter()
                 .any(|t| t.mean_high_below.is_some() || t.mean_medium_below.is_some()),
@@ -539,34 +545,30 @@ impl<const N: usize> RiskSink<N> {
     }
 
     // Per signal 1 when the window is at high risk (else 0), and 1 when at medium risk or
-    // above.
+    // above. With `rhs ≥ 0`, a higher threshold is passed only if the lower one is.
     #[inline(always)]
     fn classes(&self, n: usize, w: &Sums<N>) -> ([f64; N], [f64; N]) {
         let nf = as_f64(n);
         let (mut high, mut medium_up) = ([0.0; N], [0.0; N]);
         let one = |c: bool| if c { 1.0 } else { 0.0 };
-        for j in 0..N {
-            let nm = nf * w.k[j] + w.s1[j];
-            // A single sample has S1 = S2 = 0 exactly (its window starts again from it).
-            let lhs = nf * (nf * w.s2[j] - w.s1[j] * w.s1[j]);
-            let rhs = nm * nm * (nf - 1.0);
-            high[j] = one(lhs > self.high2[j] * rhs);
-            medium_up[j] = one(lhs > self.medium2[j] * rhs);
-        }
         if self.levels {
             for j in 0..N {
                 let nm = nf * w.k[j] + w.s1[j];
-                high[j] += one(nm < nf * self.high_below[j]);
-                medium_up[j] += one(nm < nf * self.medium_below[j]);
+                let lhs = nf * (nf * w.s2[j] - w.s1[j] * w.s1[j]);
+                let rhs = nm * nm * (nf - 1.0);
+                high[j] = one((lhs > self.high2[j] * rhs) | (nm < nf * self.high_below[j]));
+                medium_up[j] =
+                    one((lhs > self.medium_up2[j] * rhs) | (nm < nf * self.medium_up_below[j]));
             }
-        }
-        for j in 0..N {
-            high[j] = if high[j] > 0.0 { 1.0 } else { 0.0 };
-            medium_up[j] = if medium_up[j] + high[j] > 0.0 {
-                1.0
-            } else {
-                0.0
-            };
+        } else {
+            for j in 0..N {
+                let nm = nf * w.k[j] + w.s1[j];
+                // A single sample has S1 = S2 = 0 exactly (its window starts again from it).
+                let lhs = nf * (nf * w.s2[j] - w.s1[j] * w.s1[j]);
+                let rhs = nm * nm * (nf - 1.0);
+                high[j] = one(lhs > self.high2[j] * rhs);
+                medium_up[j] = one(lhs > self.medium_up2[j] * rhs);
+            }
         }
         (high, medium_up)
     }
@@ -691,10 +693,10 @@ mod tests {
         s.parse().unwrap()
     }
 
-    // Times in whole seconds (so that equal times occur); a first signal wandering around the
-    // levels of the coherence-score rules (60 and 80) with little noise, a second of mixed
-    // scale with runs of equal values, a third with the odd outlier.
-    fn series() -> impl Strategy<Value = (Vec<i64>, Vec<[f64; 3]>)> {
+    // Times in whole seconds (so that equal times occur); two signals wandering around the
+    // levels of the rules below with little noise, one of mixed scale with runs of equal values,
+    // one with the odd outlier.
+    fn series() -> impl Strategy<Value = (Vec<i64>, Vec<[f64; 4]>)> {
         (
             50f64..90.0,
             prop::collection::vec(
@@ -714,15 +716,25 @@ mod tests {
                     .map(|(dt, (walk, noise), b, c)| {
                         t += dt * 1000;
                         level += walk;
-                        (t, [level + noise, b, c])
+                        (t, [level + noise, level - 5.0 - noise, b, c])
                     })
                     .unzip()
             })
     }
 
-    fn thresholds() -> [DriftThresholds; 3] {
+    // The coherence-score rules; rules out of order (high below medium, which `validate`
+    // refuses but `risk` still applies: high wins); volatility only; wide bands with a small
+    // minimum.
+    fn thresholds() -> [DriftThresholds; 4] {
         [
             DriftThresholds::coherence_score(),
+            DriftThresholds {
+                volatility_medium: 0.03,
+                volatility_high: 0.015,
+                mean_high_below: Some(75.0),
+                mean_medium_below: Some(65.0),
+                min_samples: 10,
+            },
             DriftThresholds::volatility_only(),
             DriftThresholds {
                 volatility_medium: 0.75,
@@ -764,7 +776,7 @@ mod tests {
             rows_with_blocks(&ts, &rows, w, &mut blocked, 2, block).unwrap();
             rows_with_blocks(&ts, &rows, w, &mut whole, 1, usize::MAX).unwrap();
             prop_assert_eq!(&blocked.n, &whole.n);
-            for j in 0..3 {
+            for j in 0..4 {
                 let mut s = RollingWindow::new(w);
                 for (i, (&t, r)) in ts.iter().zip(&rows).enumerate() {
                     s.push(t, r[j]).unwrap();
@@ -792,10 +804,10 @@ mod tests {
             let w = span("30s");
             let t = thresholds();
             let stats = rolling_rows(&ts, &rows, w).unwrap();
-            let mut counts = [[0u64; 4]; 3];
+            let mut counts = [[0u64; 4]; 4];
             let mut tie = false;
             for i in 0..ts.len() {
-                for j in 0..3 {
+                for j in 0..4 {
                     let (mean, stdev) = (stats.mean[i][j], stats.stdev[i][j]);
                     let s = WindowStats {
                         window: w,
@@ -823,7 +835,7 @@ mod tests {
             prop_assert_eq!(fused.counts, counts);
             let last = ts.len() - 1;
             prop_assert_eq!(fused.last_n, u64::from(stats.n[last]));
-            for j in 0..3 {
+            for j in 0..4 {
                 let (m, sd) = (stats.mean[last][j], stats.stdev[last][j]);
                 prop_assert!((fused.last_mean[j] - m).abs() <= 1e-9 * (1.0 + m.abs()));
                 prop_assert!((fused.last_stdev[j] - sd).abs() <= 1e-8 * (1.0 + sd));
