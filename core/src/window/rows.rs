@@ -10,12 +10,13 @@
 //! rows that left carried more than half of `S2` of a signal or a signal's mean wandered more
 //! than four standard deviations (and more than rounding) from its centre — for all `N` signals
 //! at once, in `N`-wide loops the compiler vectorises. Since nothing crosses a block boundary,
-//! the blocks can be computed one after another or on several threads with results identical to
-//! the bit.
+//! the blocks can be computed one after another or by several threads, which take them from a
+//! shared queue (a thread slowed by other work takes fewer), with results identical to the bit.
 //!
-//! The rows are checked (timestamps in order, values finite) a thousand at a time just before
-//! they are used, while they are in cache; when a check fails, the whole input is validated to
-//! name the first problem, as [`rolling_rows`](super::rolling_rows) does.
+//! The rows are checked (timestamps in order, values finite) a few rows ahead of the one being
+//! computed, so that the check's loads also bring the rows from memory early; when a check fails,
+//! the whole input is validated to name the first problem, as
+//! [`rolling_rows`](super::rolling_rows) does.
 
 // The loops over the `N` signals index several arrays in step, which is what lets the compiler
 // vectorise them.
@@ -23,6 +24,7 @@
 
 use super::{ColumnError, DriftRisk, DriftThresholds, OFF_CENTRE_FLOOR, RollingRows, WindowSpan};
 use std::ops::Range;
+use std::sync::Mutex;
 
 /// Rows per block of the batch kernels. Every block starts from sums computed exactly over the
 /// window ending at its first row, so the results do not depend on how many threads computed
@@ -180,16 +182,16 @@ fn floor2<const N: usize>(k: &[f64; N]) -> [f64; N] {
 
 // What a kernel does with the window ending at each row.
 trait Sink<const N: usize> {
-    // `at`: the row's position in the chunk; `n`: rows in its window.
+    // `at`: the row's position in its block; `n`: rows in its window.
     fn row(&mut self, at: usize, n: usize, w: &Sums<N>);
 }
 
-// Rows checked (order and finiteness) in one go just before they are used, while they are in
-// cache.
-const CHECK_ROWS: usize = 1024;
+// Rows are checked (order and finiteness) this far ahead of the row being computed: the loads of
+// the check start bringing the rows from memory while the window arithmetic of earlier rows
+// runs, and feed nothing the arithmetic waits for.
+const AHEAD: usize = 32;
 
-// Whether `ts[a..b]` continues `ts[..a]` in order and `rows[a..b]` are finite. `x·0` is ±0 for
-// a finite `x` and NaN otherwise, so the sums stay 0 exactly when every value is finite.
+// Whether `ts[a..b]` continues `ts[..a]` in order and `rows[a..b]` are finite.
 fn checked<const N: usize>(ts: &[i64], rows: &[[f64; N]], a: usize, b: usize) -> bool {
     let mut sorted = true;
     for w in ts[a.saturating_sub(1)..b].windows(2) {
@@ -197,11 +199,18 @@ fn checked<const N: usize>(ts: &[i64], rows: &[[f64; N]], a: usize, b: usize) ->
     }
     let mut acc = [0.0; N];
     for r in &rows[a..b] {
-        for j in 0..N {
-            acc[j] += r[j] * 0.0;
-        }
+        finite_into(&mut acc, r);
     }
     sorted & acc.iter().all(|&a| a == 0.0)
+}
+
+// `x·0` is ±0 for a finite `x` and NaN otherwise, so `acc` stays 0 exactly while every value
+// added is finite.
+#[inline(always)]
+fn finite_into<const N: usize>(acc: &mut [f64; N], r: &[f64; N]) {
+    for j in 0..N {
+        acc[j] += r[j] * 0.0;
+    }
 }
 
 // Runs the rows of `range` through the window, calling the sink for each, and returns the sums
@@ -219,26 +228,23 @@ fn run<const N: usize, S: Sink<N>>(
     if start >= end {
         return (None, true);
     }
-    let mut to = (start + CHECK_ROWS).min(end);
-    let mut ok = checked(ts, rows, start, to);
+    let mut ok = checked(ts, rows, start, (start + AHEAD).min(end));
     let cutoff = ts[start].saturating_sub(span_ms);
     let lo = ts[..start].partition_point(|&t| t <= cutoff).min(start);
     let mut w = Sums::exact(rows, lo, start);
     sink.row(0, start + 1 - lo, &w);
-    let mut from = start + 1;
-    loop {
-        for i in from..to {
-            w.step(ts, rows, i, ts[i].saturating_sub(span_ms));
-            sink.row(i - start, i + 1 - w.lo, &w);
+    let mut finite = [0.0; N];
+    for i in start + 1..end {
+        // Row `i + AHEAD − 1` is checked now (the first `AHEAD` were checked above).
+        let a = i + AHEAD - 1;
+        if a < end {
+            ok &= ts[a - 1] <= ts[a];
+            finite_into(&mut finite, &rows[a]);
         }
-        if to == end {
-            break;
-        }
-        from = to;
-        to = (to + CHECK_ROWS).min(end);
-        ok &= checked(ts, rows, from, to);
+        w.step(ts, rows, i, ts[i].saturating_sub(span_ms));
+        sink.row(i - start, i + 1 - w.lo, &w);
     }
-    (Some(w), ok)
+    (Some(w), ok & finite.iter().all(|&a| a == 0.0))
 }
 
 /// The same checks as the kernels make row by row, naming the first problem.
@@ -258,85 +264,51 @@ fn validate<const N: usize>(ts: &[i64], rows: &[[f64; N]]) -> Result<(), ColumnE
     Ok(())
 }
 
-// Consecutive row ranges for `threads` workers, cut at block boundaries, about equal in blocks.
-fn chunks(len: usize, block: usize, threads: usize) -> Vec<Range<usize>> {
+// The blocks of a series of `len` rows.
+fn blocks(len: usize, block: usize) -> Vec<Range<usize>> {
     let block = block.max(1);
-    let blocks = len.div_ceil(block);
-    let threads = threads.clamp(1, blocks.max(1));
-    (0..threads)
-        .map(|t| {
-            let at = |t: usize| (t * blocks / threads).saturating_mul(block).min(len);
-            at(t)..at(t + 1)
-        })
+    (0..len.div_ceil(block))
+        .map(|b| b * block..((b + 1).saturating_mul(block)).min(len))
         .collect()
 }
 
-// Runs `chunk` block by block (blocks are `block` rows from the start of the series).
-fn run_blocks<const N: usize, S: Sink<N>>(
+// Runs every block with its own sink on up to `threads` threads (this one and scoped ones),
+// which take the next block from a shared queue as they finish one, so a thread slowed by other
+// work takes fewer; returns the sinks with the last sums and check of each block, in order.
+fn run_blocks<const N: usize, S: Sink<N> + Send>(
     ts: &[i64],
     rows: &[[f64; N]],
     span_ms: i64,
-    chunk: Range<usize>,
-    block: usize,
-    sink: &mut S,
-) -> (Option<Sums<N>>, bool) {
-    let block = block.max(1);
-    let (mut last, mut ok) = (None, true);
-    let mut start = chunk.start;
-    while start < chunk.end {
-        let end = (start / block + 1).saturating_mul(block).min(chunk.end);
-        // The sink counts rows from the start of the chunk.
-        let mut shifted = Offset {
-            by: start - chunk.start,
-            sink: &mut *sink,
-        };
-        let (w, good) = run(ts, rows, span_ms, start..end, &mut shifted);
-        (last, ok) = (w.or(last), ok & good);
-        start = end;
-    }
-    (last, ok)
-}
-
-struct Offset<'a, S> {
-    by: usize,
-    sink: &'a mut S,
-}
-
-impl<const N: usize, S: Sink<N>> Sink<N> for Offset<'_, S> {
-    #[inline(always)]
-    fn row(&mut self, at: usize, n: usize, w: &Sums<N>) {
-        self.sink.row(self.by + at, n, w);
-    }
-}
-
-// Runs every chunk with its own sink, the first on this thread and the others on scoped
-// threads; returns the sinks with the last sums and check of each chunk, in order.
-fn run_chunks<const N: usize, S: Sink<N> + Send>(
-    ts: &[i64],
-    rows: &[[f64; N]],
-    span_ms: i64,
-    block: usize,
     work: Vec<(Range<usize>, S)>,
+    threads: usize,
 ) -> Vec<(S, Option<Sums<N>>, bool)> {
-    let go = |(chunk, mut sink): (Range<usize>, S)| {
-        let (w, ok) = run_blocks(ts, rows, span_ms, chunk, block, &mut sink);
-        (sink, w, ok)
+    let threads = threads.clamp(1, work.len().max(1));
+    let queue = Mutex::new(work.into_iter().enumerate());
+    let worker = || {
+        let mut done = Vec::new();
+        loop {
+            // A worker that panicked leaves the queue as it was; the panic is raised below.
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+            let Some((at, (range, mut sink))) = next else {
+                return done;
+            };
+            let (w, ok) = run(ts, rows, span_ms, range, &mut sink);
+            done.push((at, sink, w, ok));
+        }
     };
-    let mut work = work.into_iter();
-    let Some(first) = work.next() else {
-        return Vec::new();
-    };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = work.map(|w| scope.spawn(move || go(w))).collect();
-        let mut done = vec![go(first)];
+    let mut done = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(worker)).collect();
+        let mut done = worker();
         for h in handles {
             match h.join() {
-                Ok(r) => done.push(r),
+                Ok(d) => done.extend(d),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
         done
-    })
+    });
+    done.sort_unstable_by_key(|d| d.0);
+    done.into_iter().map(|(_, s, w, ok)| (s, w, ok)).collect()
 }
 
 /// The number of threads the kernels use when asked for 0: the available parallelism.
@@ -398,9 +370,9 @@ fn grow_inverses(inv: &mut Vec<f64>, n: usize) {
 }
 
 /// [`rolling_rows_into`](super::rolling_rows_into) on `threads` threads (0: one per available
-/// core): the rows are split at block boundaries into one chunk per thread, each writing its part
-/// of the output. The results are identical to the bit whatever the number of threads. On error
-/// `out` is left empty.
+/// core): the threads take the blocks (see [`BLOCK_ROWS`]) one at a time from a shared queue,
+/// each writing its blocks' part of the output. The results are identical to the bit whatever
+/// the number of threads. On error `out` is left empty.
 pub fn rolling_rows_par_into<const N: usize>(
     ts: &[i64],
     rows: &[[f64; N]],
@@ -440,8 +412,8 @@ pub(super) fn rows_with_blocks<const N: usize>(
         out.mean.as_mut_slice(),
         out.stdev.as_mut_slice(),
     );
-    for chunk in chunks(len, block, threads) {
-        let k = chunk.len();
+    for range in blocks(len, block) {
+        let k = range.len();
         let (a, rest_n) = n.split_at_mut(k);
         let (b, rest_mean) = mean.split_at_mut(k);
         let (c, rest_stdev) = stdev.split_at_mut(k);
@@ -452,9 +424,9 @@ pub(super) fn rows_with_blocks<const N: usize>(
             stdev: c,
             inv: Vec::new(),
         };
-        work.push((chunk, sink));
+        work.push((range, sink));
     }
-    let done = run_chunks(ts, rows, span.as_millis(), block, work);
+    let done = run_blocks(ts, rows, span.as_millis(), work, threads);
     if done.iter().all(|d| d.2) {
         return Ok(());
     }
@@ -647,11 +619,11 @@ pub(super) fn risk_with_blocks<const N: usize>(
     } else {
         threads
     };
-    let work = chunks(ts.len(), block, threads)
+    let work = blocks(ts.len(), block)
         .into_iter()
-        .map(|c| (c, RiskSink::new(thresholds)))
+        .map(|b| (b, RiskSink::new(thresholds)))
         .collect();
-    let done = run_chunks(ts, rows, span.as_millis(), block, work);
+    let done = run_blocks(ts, rows, span.as_millis(), work, threads);
     if !done.iter().all(|d| d.2) {
         validate(ts, rows)?;
         debug_assert!(false, "a row failed a check that validate passed");
