@@ -197,19 +197,28 @@ fn checked<const N: usize>(ts: &[i64], rows: &[[f64; N]], a: usize, b: usize) ->
     for w in ts[a.saturating_sub(1)..b].windows(2) {
         sorted &= w[0] <= w[1];
     }
-    let mut acc = [0.0; N];
+    let mut acc = 0.0;
     for r in &rows[a..b] {
         finite_into(&mut acc, r);
     }
-    sorted & acc.iter().all(|&a| a == 0.0)
+    sorted & (acc == 0.0)
 }
 
 // `x·0` is ±0 for a finite `x` and NaN otherwise, so `acc` stays 0 exactly while every value
-// added is finite.
+// added is finite. The row is summed as a tree first, so that one register carries the check.
 #[inline(always)]
-fn finite_into<const N: usize>(acc: &mut [f64; N], r: &[f64; N]) {
-    for j in 0..N {
-        acc[j] += r[j] * 0.0;
+fn finite_into<const N: usize>(acc: &mut f64, r: &[f64; N]) {
+    let mut v = r.map(|x| x * 0.0);
+    let mut w = N;
+    while w > 1 {
+        let h = w / 2;
+        for j in 0..h {
+            v[j] += v[j + w - h];
+        }
+        w -= h;
+    }
+    if N > 0 {
+        *acc += v[0];
     }
 }
 
@@ -233,7 +242,7 @@ fn run<const N: usize, S: Sink<N>>(
     let lo = ts[..start].partition_point(|&t| t <= cutoff).min(start);
     let mut w = Sums::exact(rows, lo, start);
     sink.row(0, start + 1 - lo, &w);
-    let mut finite = [0.0; N];
+    let mut finite = 0.0;
     for i in start + 1..end {
         // Row `i + AHEAD − 1` is checked now (the first `AHEAD` were checked above).
         let a = i + AHEAD - 1;
@@ -244,7 +253,7 @@ fn run<const N: usize, S: Sink<N>>(
         w.step(ts, rows, i, ts[i].saturating_sub(span_ms));
         sink.row(i - start, i + 1 - w.lo, &w);
     }
-    (Some(w), ok & finite.iter().all(|&a| a == 0.0))
+    (Some(w), ok & (finite == 0.0))
 }
 
 /// The same checks as the kernels make row by row, naming the first problem.
