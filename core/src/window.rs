@@ -576,7 +576,7 @@ pub fn rolling_rows_into<const N: usize>(
     span: WindowSpan,
     out: &mut RollingRows<N>,
 ) -> Result<(), ColumnError> {
-    rows::rows_with_blocks(ts, rows, span, out, 1, BLOCK_ROWS)
+    rolling_rows_par_into(ts, rows, span, out, 1)
 }
 
 /// Statistics of one window: the numbers and the interval they were computed over.

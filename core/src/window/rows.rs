@@ -1,7 +1,7 @@
 //! The batch kernels: rolling statistics of `N` signals that share their timestamps, one row of
 //! `N` values per sample, with the arithmetic of [`RollingWindow`](super::RollingWindow).
 //!
-//! The rows are cut into blocks of [`BLOCK_ROWS`]. A block starts from sums computed exactly
+//! The rows are cut into blocks (see [`BLOCK_ROWS`] for their size). A block starts from sums computed exactly
 //! (two passes) over the window ending at its first row, found by binary search, and moves on
 //! row by row: the new row's values are added and the rows that left are subtracted (when one
 //! row leaves as one arrives, the steady state, with one update of each sum:
@@ -26,10 +26,33 @@ use super::{ColumnError, DriftRisk, DriftThresholds, OFF_CENTRE_FLOOR, RollingRo
 use std::ops::Range;
 use std::sync::Mutex;
 
-/// Rows per block of the batch kernels. Every block starts from sums computed exactly over the
-/// window ending at its first row, so the results do not depend on how many threads computed
-/// them.
-pub const BLOCK_ROWS: usize = 1 << 15;
+/// The fewest rows per block of the batch kernels. Every block starts from sums computed exactly
+/// over the window ending at its first row, so the results do not depend on how many threads
+/// computed them. A block holds at least four windows' worth of rows (the most found at eight
+/// points of the series), so starting it costs at most half a pass per row, and at least this
+/// many; the size depends on the timestamps and the span only.
+pub const BLOCK_ROWS: usize = 1 << 13;
+
+/// The rows per block for `ts` and a window of `span_ms` (see [`BLOCK_ROWS`]).
+fn block_rows(ts: &[i64], span_ms: i64) -> usize {
+    let len = ts.len();
+    let widest = (1..=8)
+        .map(|k| {
+            let i = (k * len / 8).saturating_sub(1);
+            let cutoff = ts.get(i).map_or(i64::MIN, |t| t.saturating_sub(span_ms));
+            i + 1
+                - ts[..i.min(len)]
+                    .partition_point(|&t| t <= cutoff)
+                    .min(i + 1)
+        })
+        .max()
+        .unwrap_or(0);
+    widest
+        .saturating_mul(4)
+        .max(BLOCK_ROWS)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
+}
 
 // The window ending at the current row: first row inside, centres and shifted sums per signal,
 // the squared rounding floor of each centre (see `OFF_CENTRE_FLOOR`), evictions since the sums
@@ -389,7 +412,8 @@ pub fn rolling_rows_par_into<const N: usize>(
     out: &mut RollingRows<N>,
     threads: usize,
 ) -> Result<(), ColumnError> {
-    rows_with_blocks(ts, rows, span, out, threads, BLOCK_ROWS)
+    let block = block_rows(ts, span.as_millis());
+    rows_with_blocks(ts, rows, span, out, threads, block)
 }
 
 pub(super) fn rows_with_blocks<const N: usize>(
@@ -606,7 +630,8 @@ pub fn rolling_risk<const N: usize>(
     thresholds: &[DriftThresholds; N],
     threads: usize,
 ) -> Result<RollingRisk<N>, ColumnError> {
-    risk_with_blocks(ts, rows, span, thresholds, threads, BLOCK_ROWS)
+    let block = block_rows(ts, span.as_millis());
+    risk_with_blocks(ts, rows, span, thresholds, threads, block)
 }
 
 pub(super) fn risk_with_blocks<const N: usize>(
@@ -822,6 +847,21 @@ mod tests {
                 prop_assert!((fused.last_stdev[j] - sd).abs() <= 1e-8 * (1.0 + sd));
             }
         }
+    }
+
+    #[test]
+    fn blocks_hold_four_windows_of_rows() {
+        let hour = span("1h").as_millis();
+        let every_10s: Vec<i64> = (0..100_000).map(|i| i * 10_000).collect();
+        assert_eq!(block_rows(&every_10s, hour), BLOCK_ROWS);
+        // 3,600 rows per window: 14,400 rounded up to a power of two.
+        let every_s: Vec<i64> = (0..100_000).map(|i| i * 1000).collect();
+        assert_eq!(block_rows(&every_s, hour), 16_384);
+        // Dense only at the end.
+        let mut late_burst = every_10s.clone();
+        late_burst.extend((1..=50_000).map(|i| 1_000_000_000 + i));
+        assert_eq!(block_rows(&late_burst, hour), 262_144);
+        assert_eq!(block_rows(&[], hour), BLOCK_ROWS);
     }
 
     #[test]
