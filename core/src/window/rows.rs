@@ -1,11 +1,11 @@
 //! The batch kernels: rolling statistics of `N` signals that share their timestamps, one row of
 //! `N` values per sample, with the arithmetic of [`RollingWindow`](super::RollingWindow).
 //!
-//! The rows are cut into blocks (see [`BLOCK_ROWS`] for their size). A block starts from sums computed exactly
-//! (two passes) over the window ending at its first row, found by binary search, and moves on
-//! row by row: the new row's values are added and the rows that left are subtracted (when one
-//! row leaves as one arrives, the steady state, with one update of each sum:
-//! `S1 += (x − K) − (y − K)`). As in the streaming window, the sums are recomputed from the rows
+//! The rows are cut into blocks (see [`BLOCK_ROWS`] for their size). A block starts from sums
+//! computed exactly (two passes) over the window ending at its first row, found by binary search,
+//! and moves on row by row: the new row's values are added and the rows that left are
+//! subtracted (when one row leaves as one arrives, the steady state, with one update of each
+//! sum: `S1 += (x − K) − (y − K)`). As in the streaming window, the sums are recomputed from the rows
 //! around the current mean once for every `len` evictions, and around the exact mean when the
 //! rows that left carried more than half of `S2` of a signal or a signal's mean wandered more
 //! than four standard deviations (and more than rounding) from its centre — for all `N` signals
@@ -830,7 +830,8 @@ mod tests {
                     let near = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + b.abs());
                     let vi = s.volatility_index;
                     tie |= near(vi, t[j].volatility_high) || near(vi, t[j].volatility_medium);
-                    for level in [t[j].mean_high_below, t[j].mean_medium_below].into_iter().flatten() {
+                    let levels = [t[j].mean_high_below, t[j].mean_medium_below];
+                    for level in levels.into_iter().flatten() {
                         tie |= near(mean, level);
                     }
                 }
