@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side of `coherence analyze` and the same statistics in pandas/numpy, on 1,000,230
-# simulated telemetry lines: end-to-end wall clock (best of 3), the rolling-statistics kernel
-# alone, and whether both computed the same results. See bench/README.md.
+# simulated telemetry lines: end-to-end wall clock (best of 3), the rolling-statistics kernels
+# against the matching pandas phases, and whether both computed the same results.
+# See bench/README.md.
 #
 #   bench/compare.sh                 # everything (about 3 minutes on 2 cores, first run longer)
 #   RUNS=5 bench/compare.sh          # best of 5 instead of 3
-#   SKIP_KERNEL=1 bench/compare.sh   # reuse the last criterion kernel measurement
+#   SKIP_KERNEL=1 bench/compare.sh   # reuse the last criterion kernel measurements
 #
 # Exit status: 0 when the results agree, 1 when they do not, 2 when a step fails.
 set -euo pipefail
@@ -20,7 +21,8 @@ RUNS=${RUNS:-3}
 HOURS=1111 # 2 healthy hosts for 1111 h + 1 stressed host until its crash = 1,000,230 lines
 MIN_LINES=1000000
 CRITERION_DIR=${CRITERION_HOME:-${CARGO_TARGET_DIR:-$ROOT/target}/criterion}
-KERNEL_ESTIMATES=$CRITERION_DIR/kernel/rolling_1h_8_signals_1m/new/estimates.json
+# The Rust kernels compared with pandas (see KERNELS in compare.py).
+KERNELS="rolling_1h_8_signals_1m rolling_1h_8_signals_1m_par risk_1h_8_signals_1m risk_1h_8_signals_1m_par"
 
 fail() {
 	echo "compare.sh: $*" >&2
@@ -66,17 +68,23 @@ LINES=$(wc -l <"$DATA")
 [ "$LINES" -ge "$MIN_LINES" ] || fail "$DATA has $LINES lines, expected at least $MIN_LINES"
 echo "data: $DATA, $LINES lines, $(du -h "$DATA" | cut -f1)"
 
-# 4. The Rust kernel: criterion bench over the same shape of data, generated in memory.
-if [ "${SKIP_KERNEL:-0}" != 1 ] || [ ! -s "$KERNEL_ESTIMATES" ]; then
-	echo "measuring the Rust kernel (criterion kernel/rolling_1h_8_signals_1m)"
-	cargo bench --locked -p coherence-core --bench core -- kernel/rolling_1h_8_signals_1m \
-		>"$OUT/kernel-bench.log" 2>&1 || {
+# 4. The Rust kernels: criterion benches over the same shape of data, generated in memory.
+missing=0
+for k in $KERNELS; do
+	[ -s "$CRITERION_DIR/kernel/$k/new/estimates.json" ] || missing=1
+done
+if [ "${SKIP_KERNEL:-0}" != 1 ] || [ "$missing" = 1 ]; then
+	echo "measuring the Rust kernels (criterion kernel/{${KERNELS// /,}})"
+	cargo bench --locked -p coherence-core --bench core -- \
+		"^kernel/(${KERNELS// /|})\$" >"$OUT/kernel-bench.log" 2>&1 || {
 		cat "$OUT/kernel-bench.log" >&2
 		fail "kernel bench failed"
 	}
-	grep -A2 '^kernel/rolling_1h_8_signals_1m' "$OUT/kernel-bench.log" || true
+	grep -A1 '^kernel/' "$OUT/kernel-bench.log" || true
 fi
-[ -s "$KERNEL_ESTIMATES" ] || fail "no criterion estimates at $KERNEL_ESTIMATES"
+for k in $KERNELS; do
+	[ -s "$CRITERION_DIR/kernel/$k/new/estimates.json" ] || fail "no criterion estimates for kernel/$k in $CRITERION_DIR"
+done
 echo
 
 # 5. End to end, kernel ratio, and the results compared.
@@ -87,7 +95,7 @@ status=0
 	--data "$DATA" \
 	--out "$OUT" \
 	--runs "$RUNS" \
-	--kernel-estimates "$KERNEL_ESTIMATES" || status=$?
+	--criterion-dir "$CRITERION_DIR" || status=$?
 echo
 echo "outputs: $OUT/analyze.json $OUT/pandas.json $OUT/summary.json"
 exit "$status"

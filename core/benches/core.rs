@@ -13,7 +13,11 @@
 //! | `pcs/sign` | signing that record (canonical subset, SHA-256, then HMAC-SHA256 or Ed25519) |
 //! | `pcs/verify` | [`Verifier::verify`] of the signed record: signature, `pcs_id`, recomputed `D_hat`, budget and regime |
 //! | `collect/analyze_10k_lines` | a [`Collector`] fed 10,000 simulated records (3 hosts, through the cascade), then `finish` (medians, FinOps, detectors, incidents); JSON parsing is not included |
-//! | `kernel/rolling_1h_8_signals_1m` | the statistics kernel alone: rolling 1 h mean and sample stdev of the 8 signals at every sample, per host, over 1,000,230 simulated samples (3 hosts) — the Rust side of `bench/compare.sh`'s kernel ratio against pandas' `rolling("1h").mean()/std()` |
+//! | `kernel/rolling_1h_8_signals_1m` | the statistics kernel alone: rolling 1 h mean and sample stdev of the 8 signals at every sample, per host, over 1,000,230 simulated samples (3 hosts), by [`rolling_rows_into`] on one thread, output buffers kept across iterations |
+//! | `kernel/rolling_1h_8_signals_1m_par` | the same by [`rolling_rows_par_into`] on every core (each host's rows split at block boundaries) — the Rust side of `bench/compare.sh`'s kernel ratio against pandas' `rolling("1h").mean()/std()` (its `rolling_kernel` phase) |
+//! | `kernel/risk_1h_8_signals_1m`, `…_par` | the fused kernel [`rolling_risk`] on one thread and on every core: mean, stdev and drift risk (`analyze`'s thresholds) of every sample's window, counted per host and signal, plus the last window's statistics, with no per-sample output — the Rust side of the ratio against pandas' `rolling_kernel` + `drift` phases |
+//! | `kernel/rolling_1h_8_signals_1m_fresh_buffers` | `rolling_1h_8_signals_1m` allocating its 132 MB of output every iteration |
+//! | `kernel/streaming_rolling_1h_8_signals_1m` | the same statistics with one [`RollingWindow`] per host and signal, `push` and `stats()` per sample |
 //!
 //! The input data is generated in memory by the deterministic flight simulator (seed 42) or by
 //! a fixed pseudo-random sequence, so every run measures the same work.
@@ -23,14 +27,15 @@
 #![allow(clippy::expect_used)]
 
 use coherence_core::canon;
-use coherence_core::collect::{CollectConfig, Collector};
+use coherence_core::collect::{CollectConfig, Collector, default_drift_by_signal};
 use coherence_core::pcs::{self, BuildInput, Params, Pcs, Signer, Verifier};
 use coherence_core::rng::SplitMix64;
 use coherence_core::sim::{SimConfig, Simulator};
 use coherence_core::stats::Moments;
 use coherence_core::telemetry::SIGNALS;
 use coherence_core::window::{
-    DriftRisk, DriftThresholds, RollingRows, RollingWindow, WindowSpan, rolling_rows_into,
+    DriftRisk, DriftThresholds, RollingRows, RollingWindow, WindowSpan, rolling_risk,
+    rolling_rows_into, rolling_rows_par_into,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, black_box};
 use std::cell::RefCell;
@@ -312,6 +317,45 @@ fn columnar_kernel(hosts: &[HostSeries], out: &mut [RollingRows<8>]) -> f64 {
     acc
 }
 
+/// [`columnar_kernel`] on `threads` threads per host (0: one per core).
+fn parallel_kernel(hosts: &[HostSeries], out: &mut [RollingRows<8>], threads: usize) -> f64 {
+    let mut acc = 0.0;
+    for (h, o) in hosts.iter().zip(out.iter_mut()) {
+        rolling_rows_par_into(&h.ts, &h.values, span_1h(), o, threads)
+            .expect("simulated rows are sorted and finite");
+        if let (Some(m), Some(sd)) = (o.mean.last(), o.stdev.last()) {
+            acc += m.iter().sum::<f64>() + sd.iter().sum::<f64>();
+        }
+    }
+    acc
+}
+
+/// The drift thresholds of the 8 signals, as `coherence analyze` applies them.
+fn analyze_thresholds() -> [DriftThresholds; 8] {
+    let by = default_drift_by_signal();
+    std::array::from_fn(|i| {
+        by.get(SIGNALS[i])
+            .copied()
+            .unwrap_or_else(DriftThresholds::volatility_only)
+    })
+}
+
+/// The fused kernel: rolling mean, stdev and drift risk of every sample and signal, counted per
+/// host and signal, on `threads` threads per host; returns the total of the counts of high risk.
+fn fused_kernel(hosts: &[HostSeries], t: &[DriftThresholds; 8], threads: usize) -> u64 {
+    let mut high = 0;
+    for h in hosts {
+        let r = rolling_risk(&h.ts, &h.values, span_1h(), t, threads)
+            .expect("simulated rows are sorted and finite");
+        high += r
+            .counts
+            .iter()
+            .map(|c| c[DriftRisk::High as usize])
+            .sum::<u64>();
+    }
+    high
+}
+
 /// The same with the streaming [`RollingWindow`], one push and `stats()` per sample and signal
 /// (what a sidecar does as samples arrive); returns a checksum.
 fn rolling_kernel(hosts: &[HostSeries]) -> f64 {
@@ -358,6 +402,21 @@ fn kernel(c: &mut Criterion) {
         outputs.resize_with(hosts.len(), RollingRows::default);
         b.iter(|| black_box(columnar_kernel(black_box(hosts), &mut outputs)))
     });
+    let mut par_outputs: Vec<RollingRows<8>> = Vec::new();
+    g.bench_function("rolling_1h_8_signals_1m_par", |b| {
+        let hosts = data.get_or_insert_with(kernel_data);
+        par_outputs.resize_with(hosts.len(), RollingRows::default);
+        b.iter(|| black_box(parallel_kernel(black_box(hosts), &mut par_outputs, 0)))
+    });
+    let t = analyze_thresholds();
+    g.bench_function("risk_1h_8_signals_1m", |b| {
+        let hosts = data.get_or_insert_with(kernel_data);
+        b.iter(|| black_box(fused_kernel(black_box(hosts), &t, 1)))
+    });
+    g.bench_function("risk_1h_8_signals_1m_par", |b| {
+        let hosts = data.get_or_insert_with(kernel_data);
+        b.iter(|| black_box(fused_kernel(black_box(hosts), &t, 0)))
+    });
     g.bench_function("rolling_1h_8_signals_1m_fresh_buffers", |b| {
         let hosts = data.get_or_insert_with(kernel_data);
         b.iter(|| {
@@ -376,6 +435,12 @@ fn kernel(c: &mut Criterion) {
         assert_eq!(
             n as u64, samples,
             "throughput must count the samples measured"
+        );
+    }
+    if !outputs.is_empty() && outputs.len() == par_outputs.len() {
+        assert!(
+            outputs == par_outputs,
+            "the kernel on every core must give the one-thread results to the bit"
         );
     }
 }

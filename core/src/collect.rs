@@ -640,6 +640,45 @@ mod tests {
     }
 
     #[test]
+    fn the_fused_kernel_counts_the_drift_risk_the_collector_counts() {
+        let cfg = CollectConfig::default();
+        let sim = Simulator::new(SimConfig::default()).unwrap();
+        let mut c = Collector::new(cfg.clone()).unwrap();
+        let mut series: BTreeMap<String, (Vec<i64>, Vec<[f64; N_SIGNALS]>)> = BTreeMap::new();
+        for r in sim {
+            let v: [f64; N_SIGNALS] = std::array::from_fn(|i| r.value(SIGNALS[i]).unwrap());
+            let ts = r.ts_ms().unwrap();
+            c.push(&r.workload, &r.host, ts, &v).unwrap();
+            let s = series.entry(r.host.clone()).or_default();
+            s.0.push(ts);
+            s.1.push(v);
+        }
+        let a = c.finish();
+        let t: [DriftThresholds; N_SIGNALS] = std::array::from_fn(|i| *cfg.drift_for(SIGNALS[i]));
+        assert_eq!(a.workloads.len(), series.len());
+        for h in &a.workloads {
+            let (ts, rows) = &series[&h.host];
+            let fused = crate::window::rolling_risk(ts, rows, cfg.window, &t, 2).unwrap();
+            for (j, name) in SIGNALS.iter().enumerate() {
+                let report = &h.signals[*name];
+                let c = report.drift_risk_counts;
+                assert_eq!(
+                    fused.counts[j],
+                    [c.insufficient_data, c.low, c.medium, c.high],
+                    "{} {name}",
+                    h.host
+                );
+                let s = &report.summary;
+                assert_eq!(fused.last_n, s.n);
+                assert!(
+                    (fused.last_mean[j] - s.coherence_mean).abs() <= 1e-12 * s.coherence_mean.abs()
+                );
+                assert!((fused.last_stdev[j] - s.stdev).abs() <= 1e-9 * s.stdev);
+            }
+        }
+    }
+
+    #[test]
     fn invalid_samples_name_the_field() {
         let mut c = Collector::new(CollectConfig::default()).unwrap();
         let mut v = [1.0; N_SIGNALS];

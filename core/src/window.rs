@@ -4,12 +4,21 @@
 //! half-open interval as pandas' `rolling("1h")`). Updates are O(1) amortised and need no
 //! division: the window keeps shifted sums `S1 = Σ(x − K)` and `S2 = Σ(x − K)²` around a centre
 //! `K` close to the mean, so `μ = K + S1/n` and `σ² = (S2 − S1²/n)/(n − 1)` lose no digits to
-//! cancellation. The sums are recomputed exactly from the buffer, re-centred on the mean, once for
-//! every `len` evictions (rounding cannot accumulate over a long stream), when an evicted value
-//! carried more than half of `S2` (an outlier leaving) and when the mean has wandered more than
-//! four standard deviations from `K`.
+//! cancellation. A push and the evictions it causes update each sum once
+//! (`S1 += (x − K) − Σ(y − K)` over the evicted `y`), and a window left with only the new sample
+//! starts again from it. The sums are recomputed from the buffer once for every `len` evictions
+//! around the current mean (rounding cannot accumulate over a long stream), and around the exact
+//! mean (two passes) when the evicted samples carried more than half of `S2` (an outlier leaving)
+//! or when the mean has wandered more than four standard deviations from `K`. The drift risk is
+//! read without a division or square root.
 
-use crate::stats::{Moments, volatility_index};
+use crate::stats::volatility_index;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+mod rows;
+pub use rows::{BLOCK_ROWS, RollingRisk, default_threads, rolling_risk, rolling_rows_par_into};
 
 /// Shifted sums of a window: `n`, `Σ(x − k)`, `Σ(x − k)²`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -20,43 +29,65 @@ struct ShiftedSums {
     s2: f64,
 }
 
+// `Σx` of the values of a slice of samples, in four interleaved partial sums (so the additions
+// pipeline; the rounding error is no larger than one running sum's).
+fn sum4(samples: &[(i64, f64)]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let mut chunks = samples.chunks_exact(4);
+    for c in &mut chunks {
+        for j in 0..4 {
+            acc[j] += c[j].1;
+        }
+    }
+    let mut tail = 0.0;
+    for &(_, x) in chunks.remainder() {
+        tail += x;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+// `(Σ(x − k), Σ(x − k)²)` of the values of a slice of samples, in four interleaved partial sums
+// each.
+fn shifted4(samples: &[(i64, f64)], k: f64) -> (f64, f64) {
+    let (mut a1, mut a2) = ([0.0f64; 4], [0.0f64; 4]);
+    let mut chunks = samples.chunks_exact(4);
+    for c in &mut chunks {
+        for j in 0..4 {
+            let d = c[j].1 - k;
+            a1[j] += d;
+            a2[j] += d * d;
+        }
+    }
+    let (mut t1, mut t2) = (0.0, 0.0);
+    for &(_, x) in chunks.remainder() {
+        let d = x - k;
+        t1 += d;
+        t2 += d * d;
+    }
+    (
+        (a1[0] + a1[1]) + (a1[2] + a1[3]) + t1,
+        (a2[0] + a2[1]) + (a2[2] + a2[3]) + t2,
+    )
+}
+
 impl ShiftedSums {
-    fn exact(values: impl Iterator<Item = f64> + Clone) -> Self {
-        let m = Moments::of(values.clone());
-        let k = m.mean();
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for x in values {
-            let d = x - k;
-            s1 += d;
-            s2 += d * d;
+    // The sums of the values in `parts` (one window's samples, in up to two pieces) recomputed
+    // from scratch around `centre`, or around their own mean (an extra pass) when `centre` is
+    // `None`.
+    fn recomputed(parts: [&[(i64, f64)]; 2], centre: Option<f64>) -> Self {
+        let n = (parts[0].len() + parts[1].len()) as u64;
+        if n == 0 {
+            return Self::default();
         }
+        let k = centre.unwrap_or_else(|| (sum4(parts[0]) + sum4(parts[1])) / n as f64);
+        let (a1, a2) = shifted4(parts[0], k);
+        let (b1, b2) = shifted4(parts[1], k);
         Self {
-            n: m.n(),
+            n,
             k,
-            s1,
-            s2,
+            s1: a1 + b1,
+            s2: a2 + b2,
         }
-    }
-
-    fn push(&mut self, x: f64) {
-        if self.n == 0 {
-            self.k = x;
-        }
-        let d = x - self.k;
-        self.n += 1;
-        self.s1 += d;
-        self.s2 += d * d;
-    }
-
-    // Returns false when the removal cancelled most of S2.
-    fn remove(&mut self, x: f64) -> bool {
-        let d = x - self.k;
-        let dd = d * d;
-        self.n = self.n.saturating_sub(1);
-        self.s1 -= d;
-        let precise = dd <= 0.5 * self.s2;
-        self.s2 -= dd;
-        precise
     }
 
     fn mean(&self) -> f64 {
@@ -84,15 +115,115 @@ impl ShiftedSums {
         }
     }
 
-    // The mean is more than four standard deviations from the centre: 17·S1² > 16·n·S2.
+    // The mean is more than four standard deviations from the centre, `17·S1² > 16·n·S2`, and
+    // further from it than rounding, `|S1| > n·OFF_CENTRE_FLOOR·|K|` (looked at only then).
+    #[inline(always)]
     fn off_centre(&self) -> bool {
-        17.0 * self.s1 * self.s1 > 16.0 * self.n as f64 * self.s2 && self.s1 != 0.0
+        let (n, q) = ((self.n as i64) as f64, self.s1 * self.s1);
+        17.0 * q > 16.0 * n * self.s2 && {
+            let floor = n * OFF_CENTRE_FLOOR * self.k;
+            q > floor * floor
+        }
     }
 }
-use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
+
+/// Below this fraction of the centre `K`, a distance between the mean and `K` is rounding, not
+/// drift: `|S1/n| ≤ 2⁻³²·|K|` never triggers a recomputation, or a window of equal values whose
+/// mean does not come out exactly would be recomputed at every sample.
+const OFF_CENTRE_FLOOR: f64 = 1.0 / 4_294_967_296.0;
+
+/// The samples of a window, oldest first, as `(timestamp, value)` in a ring whose capacity is a
+/// power of two, so a position wraps with a mask.
+#[derive(Debug, Clone, Default)]
+struct Ring {
+    buf: Vec<(i64, f64)>,
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    // Storage index of the `i`-th oldest sample (`i < len`).
+    #[inline(always)]
+    fn slot(&self, i: usize) -> usize {
+        (self.head + i) & (self.buf.len() - 1)
+    }
+
+    fn get(&self, i: usize) -> (i64, f64) {
+        self.buf[self.slot(i)]
+    }
+
+    #[inline(always)]
+    fn back_ts(&self) -> Option<i64> {
+        (self.len > 0).then(|| self.buf[self.slot(self.len - 1)].0)
+    }
+
+    #[inline(always)]
+    fn push_back(&mut self, ts: i64, value: f64) {
+        if self.len == self.buf.len() {
+            self.grow();
+        }
+        let p = self.slot(self.len);
+        self.buf[p] = (ts, value);
+        self.len += 1;
+    }
+
+    // The oldest sample, removed, if its timestamp is at or before `cutoff`.
+    #[inline(always)]
+    fn pop_front_until(&mut self, cutoff: i64) -> Option<f64> {
+        if self.len == 0 {
+            return None;
+        }
+        let (t, v) = self.buf[self.head];
+        if t > cutoff {
+            return None;
+        }
+        self.head = (self.head + 1) & (self.buf.len() - 1);
+        self.len -= 1;
+        Some(v)
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let cap = (2 * self.buf.len()).max(16);
+        let mut buf = Vec::with_capacity(cap);
+        buf.extend((0..self.len).map(|i| self.get(i)));
+        buf.resize(cap, (0, 0.0));
+        (self.buf, self.head) = (buf, 0);
+    }
+
+    // Inserts a sample after every sample with a timestamp at or before `ts`.
+    #[cold]
+    #[inline(never)]
+    fn insert_sorted(&mut self, ts: i64, value: f64) {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid).0 <= ts {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        self.push_back(ts, value);
+        for i in (lo + 1..self.len).rev() {
+            let (p, q) = (self.slot(i - 1), self.slot(i));
+            self.buf.swap(p, q);
+        }
+    }
+
+    // The samples, oldest first, in at most two pieces.
+    fn pieces(&self) -> [&[(i64, f64)]; 2] {
+        let cap = self.buf.len();
+        if self.head + self.len <= cap {
+            [&self.buf[self.head..self.head + self.len], &[]]
+        } else {
+            [
+                &self.buf[self.head..],
+                &self.buf[..self.head + self.len - cap],
+            ]
+        }
+    }
+}
 
 /// Default minimum number of samples before a window's risk is assessed.
 pub const DEFAULT_MIN_SAMPLES: u64 = 10;
@@ -192,9 +323,10 @@ pub enum Rejected {
 #[derive(Debug, Clone)]
 pub struct RollingWindow {
     span: WindowSpan,
-    samples: VecDeque<(i64, f64)>,
+    samples: Ring,
     sums: ShiftedSums,
-    end_ms: Option<i64>,
+    // The newest timestamp seen; i64::MIN before the first.
+    end_ms: i64,
     evictions_since_exact: usize,
     rejected_non_finite: u64,
     rejected_late: u64,
@@ -205,9 +337,9 @@ impl RollingWindow {
     pub fn new(span: WindowSpan) -> Self {
         Self {
             span,
-            samples: VecDeque::new(),
+            samples: Ring::default(),
             sums: ShiftedSums::default(),
-            end_ms: None,
+            end_ms: i64::MIN,
             evictions_since_exact: 0,
             rejected_non_finite: 0,
             rejected_late: 0,
@@ -221,89 +353,138 @@ impl RollingWindow {
 
     /// Adds a sample; the window's end moves to the newest timestamp seen. Samples that arrive
     /// out of order but still inside the window are kept; older ones are rejected as late.
+    #[inline]
     pub fn push(&mut self, ts_ms: i64, value: f64) -> Result<(), Rejected> {
         if !value.is_finite() {
-            self.rejected_non_finite += 1;
-            return Err(Rejected::NonFinite);
+            return Err(self.reject(Rejected::NonFinite));
         }
-        let end = self.end_ms.map_or(ts_ms, |e| e.max(ts_ms));
-        if ts_ms <= end - self.span.ms {
-            self.rejected_late += 1;
-            return Err(Rejected::Late);
+        let end = self.end_ms.max(ts_ms);
+        let cutoff = end - self.span.ms;
+        if ts_ms <= cutoff {
+            return Err(self.reject(Rejected::Late));
         }
-        match self.samples.back() {
-            Some(&(last, _)) if ts_ms < last => {
-                let at = self.samples.partition_point(|&(t, _)| t <= ts_ms);
-                self.samples.insert(at, (ts_ms, value));
-            }
-            _ => self.samples.push_back((ts_ms, value)),
+        if self.samples.back_ts().is_some_and(|last| ts_ms < last) {
+            self.samples.insert_sorted(ts_ms, value);
+        } else {
+            self.samples.push_back(ts_ms, value);
         }
-        self.sums.push(value);
-        self.advance_to(end);
+        self.end_ms = end;
+        self.settle(Some(value), cutoff);
         Ok(())
+    }
+
+    #[cold]
+    fn reject(&mut self, why: Rejected) -> Rejected {
+        match why {
+            Rejected::NonFinite => self.rejected_non_finite += 1,
+            Rejected::Late => self.rejected_late += 1,
+        }
+        why
     }
 
     /// Moves the window's end to `now_ms` (never backwards), evicting what falls out.
     pub fn advance_to(&mut self, now_ms: i64) {
-        let end = self.end_ms.map_or(now_ms, |e| e.max(now_ms));
-        self.end_ms = Some(end);
-        let cutoff = end - self.span.ms;
-        let mut cancelled = false;
-        while let Some(&(t, v)) = self.samples.front() {
-            if t > cutoff {
-                break;
-            }
-            self.samples.pop_front();
-            if !self.sums.remove(v) {
-                cancelled = true;
-            }
-            self.evictions_since_exact += 1;
+        let end = self.end_ms.max(now_ms);
+        self.end_ms = end;
+        self.settle(None, end - self.span.ms);
+    }
+
+    // Takes `added` (already in the ring) into the sums and evicts the samples at or before
+    // `cutoff`, with one update of each sum: `S1 += (x − K) − Σ evicted (y − K)`, and the same
+    // for `S2`. A window left with nothing but `added` starts again from it. The sums are
+    // recomputed when the evicted samples carried more than half of `S2` (an outlier left) or
+    // the mean wandered off the centre — both around the exact mean — and, regardless, once per
+    // `len` evictions (around the current mean) so rounding cannot accumulate.
+    #[inline(always)]
+    fn settle(&mut self, added: Option<f64>, cutoff: i64) {
+        let old = self.sums;
+        let (mut gone, mut e1, mut e2) = (0u64, 0.0, 0.0);
+        while let Some(y) = self.samples.pop_front_until(cutoff) {
+            let d = y - old.k;
+            gone += 1;
+            e1 += d;
+            e2 += d * d;
         }
-        // Recompute exactly when an eviction cancelled most of the sum of squares (an outlier
-        // left) and, regardless, once per `len` evictions so rounding cannot accumulate.
-        if cancelled
-            || self.evictions_since_exact > self.samples.len().max(64)
-            || self.sums.off_centre()
-        {
-            self.sums = ShiftedSums::exact(self.samples.iter().map(|&(_, v)| v));
-            self.evictions_since_exact = 0;
+        let (d, dd, n) = match added {
+            Some(x) if gone == old.n => {
+                self.sums = ShiftedSums {
+                    n: 1,
+                    k: x,
+                    s1: 0.0,
+                    s2: 0.0,
+                };
+                self.evictions_since_exact = 0;
+                return;
+            }
+            Some(x) => (x - old.k, (x - old.k) * (x - old.k), old.n + 1 - gone),
+            None if gone == old.n => {
+                self.sums = ShiftedSums::default();
+                self.evictions_since_exact = 0;
+                return;
+            }
+            None => (0.0, 0.0, old.n - gone),
+        };
+        let sums = ShiftedSums {
+            n,
+            k: old.k,
+            s1: old.s1 + (d - e1),
+            s2: old.s2 + (dd - e2),
+        };
+        self.evictions_since_exact += gone as usize;
+        if e2 > 0.5 * (old.s2 + dd) || sums.off_centre() {
+            self.recompute(None);
+        } else if self.evictions_since_exact > self.samples.len.max(64) {
+            self.recompute(Some(sums.mean()));
+        } else {
+            self.sums = sums;
         }
+    }
+
+    #[cold]
+    fn recompute(&mut self, centre: Option<f64>) {
+        self.sums = ShiftedSums::recomputed(self.samples.pieces(), centre);
+        self.evictions_since_exact = 0;
     }
 
     /// Number of samples in the window.
     pub fn len(&self) -> usize {
-        self.samples.len()
+        self.samples.len
     }
 
     /// Whether the window holds no sample.
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
+        self.samples.len == 0
     }
 
     /// The samples in the window, oldest first.
     pub fn samples(&self) -> impl ExactSizeIterator<Item = (i64, f64)> + '_ {
-        self.samples.iter().copied()
+        (0..self.samples.len).map(|i| self.samples.get(i))
     }
 
     /// The drift risk of the window now, by the same rules as [`DriftThresholds::risk`] but
-    /// without a square root or division (`σ/|μ| > t` is tested as `σ² > (t·μ)²`).
+    /// without a square root or division: with `n·μ = n·K + S1` and `n·(n − 1)·σ² = n·S2 − S1²`,
+    /// `σ/|μ| > t` is tested as `n·(n·S2 − S1²) > t²·(n·K + S1)²·(n − 1)`. The mean itself is
+    /// computed only for thresholds on the level.
+    #[inline]
     pub fn risk(&self, t: &DriftThresholds) -> DriftRisk {
-        let n = self.sums.n;
+        let ShiftedSums { n, k, s1, s2 } = self.sums;
         if n < t.min_samples {
             return DriftRisk::InsufficientData;
         }
-        let mean = self.sums.mean();
-        let var = self.sums.variance();
-        let above = |thr: f64| {
-            if mean == 0.0 {
-                var > 0.0
-            } else {
-                var > (thr * mean) * (thr * mean)
-            }
+        // By way of i64, one instruction on x86-64 (a count is far below 2⁵³).
+        let nf = (n as i64) as f64;
+        let nm = nf * k + s1;
+        // Below two samples σ² is 0 and nothing is above a threshold.
+        let (lhs, rhs) = if n < 2 {
+            (0.0, 0.0)
+        } else {
+            (nf * (nf * s2 - s1 * s1), nm * nm * (nf - 1.0))
         };
-        if above(t.volatility_high) || t.mean_high_below.is_some_and(|h| mean < h) {
+        let above = |thr: f64| lhs > thr * thr * rhs;
+        let below = |limit: Option<f64>| limit.is_some_and(|l| self.sums.mean() < l);
+        if above(t.volatility_high) || below(t.mean_high_below) {
             DriftRisk::High
-        } else if above(t.volatility_medium) || t.mean_medium_below.is_some_and(|m| mean < m) {
+        } else if above(t.volatility_medium) || below(t.mean_medium_below) {
             DriftRisk::Medium
         } else {
             DriftRisk::Low
@@ -312,7 +493,11 @@ impl RollingWindow {
 
     /// The window's statistics now.
     pub fn stats(&self) -> WindowStats {
-        let end = self.end_ms.unwrap_or(0);
+        let end = if self.end_ms == i64::MIN {
+            0
+        } else {
+            self.end_ms
+        };
         let mean = self.sums.mean();
         let stdev = self.sums.variance().sqrt();
         WindowStats {
@@ -362,11 +547,12 @@ pub struct RollingRows<const N: usize> {
 
 /// The batch form of [`RollingWindow`] for `N` signals sampled at the same times, one row per
 /// sample (`N = 1` for a single column): for every sample `i`, the mean and sample stdev of each
-/// signal over `(ts[i] − span, ts[i]]`, with the same shifted sums and exact re-centring rules as
-/// the streaming window. The window bounds move once per sample for all signals, and the
-/// per-signal arithmetic runs in `N`-wide loops the compiler vectorises; a table of `1/n` keeps
-/// divisions out of the loop. `ts` must be sorted and every value finite. The exact re-centring of a signal's sums is done
-/// for all signals at once when any one of them needs it.
+/// signal over `(ts[i] − span, ts[i]]`, with the same shifted sums and recomputation rules as
+/// the streaming window (see [`BLOCK_ROWS`] for how the rows are cut into blocks). The window
+/// bounds move once per sample for all signals, and the per-signal arithmetic runs in `N`-wide
+/// loops the compiler vectorises; a table of `1/n` keeps divisions out of the loop. `ts` must be
+/// sorted and every value finite. The sums of all signals are recomputed at once when any one of
+/// them needs it.
 pub fn rolling_rows<const N: usize>(
     ts: &[i64],
     rows: &[[f64; N]],
@@ -381,91 +567,16 @@ pub fn rolling_rows<const N: usize>(
     Ok(out)
 }
 
-/// [`rolling_rows`] into buffers the caller keeps: they are cleared and refilled, so a caller
-/// that computes many windows allocates (and page-faults in) its output once.
+/// [`rolling_rows`] into buffers the caller keeps: they are resized and overwritten, so a caller
+/// that computes many windows allocates (and page-faults in) its output once. On error `out` is
+/// left empty. One thread; [`rolling_rows_par_into`] computes the same on several.
 pub fn rolling_rows_into<const N: usize>(
     ts: &[i64],
     rows: &[[f64; N]],
     span: WindowSpan,
     out: &mut RollingRows<N>,
 ) -> Result<(), ColumnError> {
-    if ts.len() != rows.len() {
-        return Err(ColumnError::Length {
-            ts: ts.len(),
-            values: rows.len(),
-        });
-    }
-    if let Some(i) = ts.windows(2).position(|w| w[1] < w[0]) {
-        return Err(ColumnError::Unsorted(i + 1));
-    }
-    if let Some(i) = rows.iter().position(|r| r.iter().any(|v| !v.is_finite())) {
-        return Err(ColumnError::NonFinite(i));
-    }
-    let len = ts.len();
-    out.n.clear();
-    out.mean.clear();
-    out.stdev.clear();
-    out.n.reserve(len);
-    out.mean.reserve(len);
-    out.stdev.reserve(len);
-    let (mut k, mut s1, mut s2) = ([0.0f64; N], [0.0f64; N], [0.0f64; N]);
-    let mut lo = 0usize;
-    let mut evicted = 0usize;
-    let mut inv: Vec<f64> = vec![0.0];
-    for i in 0..len {
-        if lo == i {
-            k = rows[i];
-            s1 = [0.0; N];
-            s2 = [0.0; N];
-        }
-        let x = &rows[i];
-        for j in 0..N {
-            let d = x[j] - k[j];
-            s1[j] += d;
-            s2[j] += d * d;
-        }
-        let cutoff = ts[i] - span.ms;
-        let mut cancelled = false;
-        while ts[lo] <= cutoff {
-            let y = &rows[lo];
-            for j in 0..N {
-                let d = y[j] - k[j];
-                let dd = d * d;
-                cancelled |= dd > 0.5 * s2[j];
-                s1[j] -= d;
-                s2[j] -= dd;
-            }
-            lo += 1;
-            evicted += 1;
-        }
-        let inside = i + 1 - lo;
-        let nf = inside as f64;
-        let mut off = false;
-        for j in 0..N {
-            off |= 17.0 * s1[j] * s1[j] > 16.0 * nf * s2[j] && s1[j] != 0.0;
-        }
-        if cancelled || off || evicted > inside.max(64) {
-            for j in 0..N {
-                let e = ShiftedSums::exact(rows[lo..=i].iter().map(|r| r[j]));
-                (k[j], s1[j], s2[j]) = (e.k, e.s1, e.s2);
-            }
-            evicted = 0;
-        }
-        while inv.len() <= inside {
-            inv.push(1.0 / inv.len() as f64);
-        }
-        let (inv_n, inv_n1) = (inv[inside], if inside < 2 { 0.0 } else { inv[inside - 1] });
-        let mut mean = [0.0; N];
-        let mut sd = [0.0; N];
-        for j in 0..N {
-            mean[j] = k[j] + s1[j] * inv_n;
-            sd[j] = ((s2[j] - s1[j] * s1[j] * inv_n) * inv_n1).max(0.0).sqrt();
-        }
-        out.n.push(u32::try_from(inside).unwrap_or(u32::MAX));
-        out.mean.push(mean);
-        out.stdev.push(sd);
-    }
-    Ok(())
+    rolling_rows_par_into(ts, rows, span, out, 1)
 }
 
 /// Statistics of one window: the numbers and the interval they were computed over.
@@ -749,6 +860,7 @@ impl SignalSummary {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::stats::Moments;
     use proptest::prelude::*;
 
     fn span(s: &str) -> WindowSpan {
@@ -878,6 +990,27 @@ mod tests {
     }
 
     #[test]
+    fn equal_values_whose_mean_is_inexact_are_not_recomputed_at_every_push() {
+        // When the outlier leaves, the sums are recomputed around the exact mean of the 0.1s,
+        // which does not come out as 0.1.
+        for c in [0.1, 1.0 / 3.0] {
+            let mut w = RollingWindow::new(span("50s"));
+            let mut longest = 0;
+            for i in 0..400 {
+                w.push(i * 1000, if i == 60 { 1e6 } else { c }).unwrap();
+                if i > 120 {
+                    longest = longest.max(w.evictions_since_exact);
+                }
+            }
+            assert!(
+                longest > 50,
+                "{c}: at most {longest} pushes between recomputations"
+            );
+            assert_eq!(w.stats().stdev, 0.0);
+        }
+    }
+
+    #[test]
     fn rows_reject_bad_input_by_position() {
         let w = span("1m");
         assert_eq!(
@@ -921,6 +1054,45 @@ mod tests {
                     let near = |thr: f64| (s.volatility_index - thr).abs() < 1e-9 * (1.0 + thr);
                     prop_assert!(slow == fast || near(t.volatility_high) || near(t.volatility_medium), "{:?} {:?} {:?}", s, slow, fast);
                 }
+            }
+        }
+
+        #[test]
+        fn out_of_order_late_and_idle_steps_match_a_reference(
+            steps in prop::collection::vec((-45i64..20, -1e3f64..1e3, 0u8..8), 1..400)
+        ) {
+            // Whole seconds, so that equal timestamps arrive out of order too.
+            let mut w = RollingWindow::new(span("30s"));
+            let mut end: Option<i64> = None;
+            let mut kept: Vec<(i64, f64)> = Vec::new();
+            let mut late = 0u64;
+            let mut t = 0i64;
+            for (dt, v, op) in steps {
+                t += dt * 1000;
+                if op == 0 {
+                    // Time passes without a sample.
+                    w.advance_to(t);
+                    end = Some(end.map_or(t, |e| e.max(t)));
+                } else {
+                    let e = end.map_or(t, |e| e.max(t));
+                    if t <= e - 30_000 {
+                        prop_assert_eq!(w.push(t, v), Err(Rejected::Late));
+                        late += 1;
+                        continue;
+                    }
+                    w.push(t, v).unwrap();
+                    end = Some(e);
+                    let at = kept.partition_point(|&(ts, _)| ts <= t);
+                    kept.insert(at, (t, v));
+                }
+                let e = end.unwrap_or(0);
+                kept.retain(|&(ts, _)| ts > e - 30_000);
+                prop_assert_eq!(w.samples().collect::<Vec<_>>(), kept.clone());
+                let exact = Moments::of(kept.iter().map(|&(_, v)| v));
+                let s = w.stats();
+                prop_assert_eq!((s.n, s.end_ms, s.rejected_late), (exact.n(), e, late));
+                prop_assert!((s.mean - exact.mean()).abs() <= 1e-9 * (1.0 + exact.mean().abs()));
+                prop_assert!((s.stdev - exact.stdev()).abs() <= 1e-8 * (1.0 + exact.stdev()));
             }
         }
 
