@@ -11,6 +11,7 @@ use crate::dedup::{Insert, RecordKind, Store, StoreError, StoredOutcome, now_ms}
 use crate::metrics::{
     KindLabels, Metrics, PatternLabels, ReasonLabels, SignalLabels, WorkloadLabels,
 };
+use crate::tls::Identity;
 use crate::views::{Changes, Views, split_shard};
 use crate::wal::{BodyRecord, Entry, ReplayReport, Wal, WalConfig, WalError};
 use bytes::Bytes;
@@ -22,22 +23,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// The prefix of caller identities (`spiffe://coherence.dev/ns/<namespace>/sa/<name>`).
-pub const SPIFFE_PREFIX: &str = "spiffe://coherence.dev/ns/";
-/// Identity recorded for requests served without TLS (`--insecure-dev`).
-pub const INSECURE_DEV_IDENTITY: &str = "insecure-dev";
-
-/// The namespace an identity may submit for (`*` for any), or `None` if it is not a caller
-/// identity at all.
-pub fn identity_namespace(identity: &str) -> Option<&str> {
-    if identity == INSECURE_DEV_IDENTITY {
-        return Some("*");
-    }
-    let rest = identity.strip_prefix(SPIFFE_PREFIX)?;
-    let (ns, sa) = rest.split_once("/sa/")?;
-    (!ns.is_empty() && !sa.is_empty() && !ns.contains('/')).then_some(ns)
-}
 
 /// What the caller is told.
 #[derive(Debug, Clone, PartialEq)]
@@ -331,18 +316,17 @@ impl Ingest {
                 id: String::new(),
             };
         };
-        let caller_ns = identity_namespace(&rec.identity);
+        let caller = Identity::from_uri(&rec.identity).ok();
         let forbidden = |shard: &str, id: &str| -> Option<Verdict> {
             let ns = split_shard(shard).map(|(n, _, _)| n).unwrap_or("");
-            match caller_ns {
-                Some("*") => None,
-                Some(c) if c == ns => None,
+            match &caller {
+                Some(c) if c.allows(ns) => None,
                 c => Some(Verdict::Reject {
                     status: 403,
                     reason: "namespace",
                     body: json!({
                         "error": "forbidden",
-                        "message": format!("caller {} may submit for namespace {:?}, not for {ns:?} (shard_id {shard:?})", rec.identity, c.unwrap_or("(none)")),
+                        "message": format!("caller {} may submit for namespace {:?}, not for {ns:?} (shard_id {shard:?})", rec.identity, c.as_ref().map_or("(none)", |c| c.namespace.as_str())),
                         "caller": rec.identity, "shard_id": shard,
                     }),
                     shard: Some(shard.to_owned()),

@@ -4,14 +4,14 @@ use crate::api::{self, AppState, Caller, MetricsAuth};
 use crate::dedup::{
     Store, StoreSettings, memory::MemoryStore, postgres::PostgresStore, redis::RedisStore,
 };
-use crate::ingest::{INSECURE_DEV_IDENTITY, Ingest, IngestConfig};
+use crate::ingest::{Ingest, IngestConfig};
 use crate::limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::tls::Identity;
 use crate::wal::WalConfig;
 use coherence_core::pcs::{KeyEnv, Params, Verifier};
 use coherence_core::window::WindowSpan;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
@@ -376,9 +376,8 @@ async fn accept_loop(
                     let _ = watcher.watch(conn).await;
                 }
                 None => {
-                    let svc = app.layer(axum::Extension(Caller(Some(
-                        INSECURE_DEV_IDENTITY.to_owned(),
-                    ))));
+                    let svc =
+                        app.layer(axum::Extension(Caller(Some(Identity::insecure_dev().uri))));
                     let conn =
                         builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(svc));
                     let _ = watcher.watch(conn).await;
@@ -397,5 +396,4 @@ async fn accept_loop(
             "drain timed out; closing remaining connections"
         );
     }
-    let _ = TokioExecutor::new();
 }

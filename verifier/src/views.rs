@@ -3,7 +3,6 @@
 //! incidents, FinOps samples and PCS counts. `GET /v1/workloads` serves it; a restart rebuilds
 //! it from the WAL.
 
-use coherence_core::detect::Finding;
 use coherence_core::finops::{self, Accumulator, Baseline, LambdaParams, Thresholds};
 use coherence_core::incident::{self, HostFinding, Incident, IncidentConfig};
 use coherence_core::pcs::{Outcome, Pcs};
@@ -330,14 +329,6 @@ impl Views {
             })
             .collect();
         json!({ "workloads": items, "engineVersion": coherence_core::ENGINE_VERSION })
-    }
-
-    /// The finding kinds seen (for tests and the dashboard).
-    pub fn findings_of(&self, ns: &str, wl: &str) -> Vec<Finding> {
-        self.workloads
-            .get(&(ns.to_owned(), wl.to_owned()))
-            .map(|v| v.findings.iter().map(|h| h.finding.clone()).collect())
-            .unwrap_or_default()
     }
 }
 
