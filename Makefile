@@ -5,7 +5,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/release/coherence
 DEMO_DIR := $(TARGET_DIR)/demo
 
-.PHONY: all build demo test test-chaos chaos lint fmt bench bench-core bench-compare bench-verifier clean
+.PHONY: crds all build demo test test-chaos chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator clean
 
 all: build
 
@@ -56,6 +56,19 @@ bench-core:
 bench-compare: build
 	bench/compare.sh
 
+## bench-operator: 2,000 CoherencePolicies reconciled against the in-process fake API; time
+## per reconcile (finalizer, create and steady passes) and the process RSS.
+bench-operator:
+	$(CARGO) bench -p coherence-operator --features fake --bench reconcile
+
+## bench-sidecar: RSS and CPU of the sidecar beside the Prometheus agent on the same node
+## exporter (~200 series at 1 Hz, BENCH_SECONDS, default 300), then with a full 2-minute window
+## at 1,000 samples/s. Needs Debian's prometheus and prometheus-node-exporter.
+bench-sidecar:
+	$(CARGO) build --release --locked -p coherence-verifier -p coherence
+	$(CARGO) build --profile sidecar --locked -p coherence-sidecar
+	python3 bench/sidecar.py --bin-dir $(TARGET_DIR)/release --sidecar-bin $(TARGET_DIR)/sidecar/coherence-sidecar
+
 ## bench-verifier: the verifier under mTLS load (HMAC, Ed25519) beside its ceilings, same run.
 bench-verifier:
 	bench/verifier.sh
@@ -63,3 +76,7 @@ bench-verifier:
 clean:
 	$(CARGO) clean
 	rm -rf $(DEMO_DIR) bench/out
+
+## crds: regenerate crds/*.yaml from the operator's Rust types (a test fails when they drift).
+crds:
+	$(CARGO) run --locked -q -p coherence-operator -- crdgen --out-dir crds

@@ -7,30 +7,19 @@
 
 use crate::error::{CliError, CliResult};
 use crate::files::{LineReader, Output};
-use aes_gcm::aead::{Aead, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use coherence_core::linecipher;
 use rand::RngCore;
 use std::fmt;
 
 use std::path::PathBuf;
 
-/// Environment variable holding the line key.
-pub const KEY_ENV: &str = "COHERENCE_AES_KEY";
-/// Bytes of the AES-256 key.
-pub const KEY_LEN: usize = 32;
-/// Bytes of the per-line GCM nonce.
-pub const NONCE_LEN: usize = 12;
-/// Bytes of the GCM authentication tag.
-pub const TAG_LEN: usize = 16;
-/// The largest plaintext AES-GCM accepts (2^36 − 32 bytes would do; keep a round margin).
-const MAX_PLAINTEXT: usize = 1 << 35;
+pub use coherence_core::linecipher::{KEY_ENV, KEY_LEN, NONCE_LEN};
 
-/// Encrypts and decrypts single lines with one AES-256-GCM key.
+/// Encrypts and decrypts single lines with one AES-256-GCM key (the format lives in
+/// [`coherence_core::linecipher`]; the random nonce is drawn here).
 #[derive(Clone)]
 pub struct LineCipher {
-    cipher: Aes256Gcm,
+    inner: linecipher::LineCipher,
 }
 
 impl fmt::Debug for LineCipher {
@@ -54,21 +43,9 @@ impl LineCipher {
 
     /// The cipher of a standard-base64 key of 32 bytes (surrounding whitespace is ignored).
     pub fn from_key_b64(key_b64: &str) -> Result<LineCipher, CliError> {
-        let key = STANDARD.decode(key_b64.trim()).map_err(|e| {
-            CliError::config(format!(
-                "{KEY_ENV}: expected standard base64 of {KEY_LEN} bytes, but it is not base64 ({e})"
-            ))
-        })?;
-        if key.len() != KEY_LEN {
-            return Err(CliError::config(format!(
-                "{KEY_ENV}: expected standard base64 of {KEY_LEN} bytes, got {} bytes \
-                 (generate one with: head -c 32 /dev/urandom | base64)",
-                key.len()
-            )));
-        }
-        let cipher = Aes256Gcm::new_from_slice(&key)
-            .map_err(|_| CliError::config(format!("{KEY_ENV}: expected {KEY_LEN} bytes")))?;
-        Ok(LineCipher { cipher })
+        let inner =
+            linecipher::LineCipher::from_key_b64(key_b64).map_err(|e| CliError::config(e.0))?;
+        Ok(LineCipher { inner })
     }
 
     /// Encrypts one line: `base64(nonce ‖ ciphertext ‖ tag)` with a fresh random nonce.
@@ -90,47 +67,14 @@ impl LineCipher {
 
     /// Encrypts one line, or says why it cannot be (only a line longer than 32 GiB).
     pub fn try_encrypt_line(&self, plaintext: &str) -> Result<String, String> {
-        if plaintext.len() > MAX_PLAINTEXT {
-            return Err(format!(
-                "line of {} bytes: expected at most {MAX_PLAINTEXT} bytes for AES-GCM",
-                plaintext.len()
-            ));
-        }
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = self
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
-            .map_err(|_| format!("line of {} bytes: AES-GCM refused it", plaintext.len()))?;
-        let mut framed = Vec::with_capacity(NONCE_LEN + sealed.len());
-        framed.extend_from_slice(&nonce);
-        framed.extend_from_slice(&sealed);
-        Ok(STANDARD.encode(framed))
+        self.inner.encrypt_line_with_nonce(plaintext, nonce)
     }
 
     /// Decrypts one encrypted line; the error says what was wrong with it.
     pub fn decrypt_line(&self, line: &str) -> Result<String, String> {
-        let framed = STANDARD
-            .decode(line.trim())
-            .map_err(|e| format!("not base64: {e}"))?;
-        if framed.len() < NONCE_LEN + TAG_LEN {
-            return Err(format!(
-                "too short: {} bytes, expected at least {} (12-byte nonce and 16-byte tag)",
-                framed.len(),
-                NONCE_LEN + TAG_LEN
-            ));
-        }
-        let (nonce, sealed) = framed.split_at(NONCE_LEN);
-        let plain = self
-            .cipher
-            .decrypt(Nonce::from_slice(nonce), sealed)
-            .map_err(|_| "authentication failed: wrong key, or the line was altered".to_string())?;
-        String::from_utf8(plain).map_err(|e| {
-            format!(
-                "not UTF-8 after decryption (byte {} is not part of a character)",
-                e.utf8_error().valid_up_to() + 1
-            )
-        })
+        self.inner.decrypt_line(line)
     }
 }
 
@@ -197,6 +141,11 @@ pub fn run_encrypt(a: EncryptArgs) -> CliResult {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use aes_gcm::aead::{Aead, KeyInit};
+    use aes_gcm::{Aes256Gcm, Nonce};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use coherence_core::linecipher::TAG_LEN;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 

@@ -2,8 +2,8 @@
 //!
 //! Everything here takes values and returns values: the Proof-of-Computation Summary (PCS)
 //! format and its canonical signing, the signals a PCS is made of, rolling windows and drift
-//! risk, detectors, incident correlation, FinOps grading and the deterministic flight
-//! simulator. The binaries (`coherence`, `coherence-sidecar`, `coherence-verifier`,
+//! risk, detectors, incident correlation, FinOps grading, the deterministic flight
+//! simulator and the AES-GCM line format of encrypted JSONL. The binaries (`coherence`, `coherence-sidecar`, `coherence-verifier`,
 //! `coherence-operator`) wire I/O around these functions.
 
 pub mod canon;
@@ -11,6 +11,7 @@ pub mod collect;
 pub mod detect;
 pub mod finops;
 pub mod incident;
+pub mod linecipher;
 pub mod merkle;
 pub mod pcs;
 pub mod report;

@@ -56,11 +56,24 @@ pub fn merkle_root<T: AsRef<[u8]>>(leaves: &[T]) -> Hash {
     if leaves.is_empty() {
         return Sha256::digest(b"").into();
     }
-    let mut level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
-    while level.len() > 1 {
-        level = next_level(&level);
+    let level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
+    root_of_leaf_hashes(&level)
+}
+
+/// The root of the tree whose leaves hash to `leaf_hashes` (each `SHA-256(0x00 ‖ leaf)`), so a
+/// producer can hash each leaf as it arrives and keep 32 bytes instead of the leaf.
+pub fn root_of_leaf_hashes(leaf_hashes: &[Hash]) -> Hash {
+    match leaf_hashes {
+        [] => Sha256::digest(b"").into(),
+        [one] => *one,
+        _ => {
+            let mut level = next_level(leaf_hashes);
+            while level.len() > 1 {
+                level = next_level(&level);
+            }
+            level[0]
+        }
     }
-    level[0]
 }
 
 /// The root of the tree over `leaves`, lower-case hex (the PCS `merkle_root` field).
@@ -150,6 +163,20 @@ pub fn verify_inclusion(root: &Hash, leaf: &[u8], proof: &InclusionProof) -> boo
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_root_over_leaf_hashes_equals_the_root_over_the_leaves() {
+        for n in 0..=17 {
+            let leaves: Vec<Vec<u8>> = (0..n).map(|i| format!("leaf-{i}").into_bytes()).collect();
+            let hashes: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l)).collect();
+            assert_eq!(
+                root_of_leaf_hashes(&hashes),
+                merkle_root(&leaves),
+                "{n} leaves"
+            );
+            assert_eq!(root_of_leaf_hashes(&hashes), rfc6962(&leaves), "{n} leaves");
+        }
+    }
 
     /// RFC 6962 §2.1 MTH, written recursively as the RFC states it.
     fn rfc6962(leaves: &[Vec<u8>]) -> Hash {

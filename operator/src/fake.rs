@@ -1,0 +1,1042 @@
+//! A stateful fake Kubernetes API server for reconcile tests and the benchmark: a
+//! `tower::Service` that a `kube::Client` talks to (`kube::Client::new(fake.clone(), "default")`).
+//!
+//! It keeps every object as JSON by (group/version, plural, namespace, name) and answers the
+//! requests the controllers make:
+//!
+//! - `GET` of one object and of a collection (namespaced or across namespaces), with
+//!   `labelSelector` (`k=v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`);
+//! - `POST` (create; `409 AlreadyExists`), `PUT` (replace; `409 Conflict` on a stale
+//!   `metadata.resourceVersion`);
+//! - `PATCH` as server-side apply (`application/apply-patch+yaml`, JSON body), JSON merge patch
+//!   (strategic merge is treated the same) and JSON patch (`add`, `remove`, `replace`, `test`;
+//!   a failed `test` is `422`), on the object or its `status` subresource;
+//! - `DELETE`: while finalizers remain the object only gets `deletionTimestamp`; it disappears
+//!   when the last finalizer is removed.
+//!
+//! `resourceVersion` is one counter for the whole store and moves only when an object really
+//! changes (a no-op patch writes nothing, as on a real API server); `generation` moves when
+//! anything outside `metadata` and `status` changes.
+//!
+//! Limits, chosen knowingly: server-side apply merges maps recursively and replaces lists
+//! whole (no list-map keys), tracks per field manager only the last applied configuration
+//! (fields it applied before and omits now are removed; conflicts between managers are never
+//! reported), and ignores `dryRun`. There is no watch, no admission, no schema validation and
+//! no garbage collection through owner references.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+/// Where an object lives: `group/version` (`v1` for the core group), plural, namespace
+/// (empty when cluster-scoped), name.
+pub type Key = (String, String, String, String);
+
+/// One write the fake accepted or refused: method, path (without query), and the patch type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// `POST`, `PUT`, `PATCH`, `DELETE`.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// `apply`, `merge`, `json` for a `PATCH`; empty otherwise.
+    pub patch: String,
+    /// HTTP status of the answer.
+    pub status: u16,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    objects: BTreeMap<Key, Value>,
+    /// Last configuration each field manager applied, per object and subresource.
+    applied: HashMap<(Key, String, bool), Value>,
+    resource_version: u64,
+    uids: u64,
+    writes: Vec<Write>,
+    requests: u64,
+}
+
+/// The fake API server; clones share one store.
+#[derive(Debug, Clone, Default)]
+pub struct FakeApi {
+    store: Arc<Mutex<Store>>,
+}
+
+/// A parsed request path.
+#[derive(Debug, Clone)]
+struct Target {
+    group_version: String,
+    plural: String,
+    namespace: String,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (gv, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => ((*v).to_string(), rest),
+        ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => ((*ns).to_string(), rest),
+        _ => (String::new(), rest),
+    };
+    let (plural, name, status) = match rest {
+        [plural] => (*plural, None, false),
+        [plural, name] => (*plural, Some((*name).to_string()), false),
+        [plural, name, "status"] => (*plural, Some((*name).to_string()), true),
+        _ => return None,
+    };
+    Some(Target {
+        group_version: gv,
+        plural: plural.to_string(),
+        namespace,
+        name,
+        status,
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+/// One requirement of a label selector string.
+#[derive(Debug, Clone, PartialEq)]
+enum Requirement {
+    Eq(String, String),
+    NotEq(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+/// Splits a selector at commas outside parentheses.
+fn split_selector(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut cur = String::new();
+    for c in s.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn parse_selector(s: &str) -> Vec<Requirement> {
+    let set = |v: &str| -> Vec<String> {
+        v.trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .collect()
+    };
+    split_selector(s)
+        .iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            if let Some((k, v)) = r.split_once(" notin ") {
+                Requirement::NotIn(k.trim().into(), set(v))
+            } else if let Some((k, v)) = r.split_once(" in ") {
+                Requirement::In(k.trim().into(), set(v))
+            } else if let Some((k, v)) = r.split_once("!=") {
+                Requirement::NotEq(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = r.split_once("==").or_else(|| r.split_once('=')) {
+                Requirement::Eq(k.trim().into(), v.trim().into())
+            } else if let Some(k) = r.strip_prefix('!') {
+                Requirement::NotExists(k.trim().into())
+            } else {
+                Requirement::Exists(r.into())
+            }
+        })
+        .collect()
+}
+
+fn selects(reqs: &[Requirement], obj: &Value) -> bool {
+    let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    reqs.iter().all(|r| match r {
+        Requirement::Eq(k, v) => get(k) == Some(v.as_str()),
+        Requirement::NotEq(k, v) => get(k) != Some(v.as_str()),
+        Requirement::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+        Requirement::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+        Requirement::Exists(k) => get(k).is_some(),
+        Requirement::NotExists(k) => get(k).is_none(),
+    })
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// Removes from `obj` what `old` applied and `new` no longer does (maps recursively).
+fn prune(obj: &mut Value, old: &Value, new: &Value) {
+    let (Value::Object(o), Value::Object(old)) = (obj, old) else {
+        return;
+    };
+    for (k, old_v) in old {
+        match new.get(k) {
+            None => {
+                o.remove(k);
+            }
+            Some(new_v) => {
+                if let Some(child) = o.get_mut(k) {
+                    prune(child, old_v, new_v);
+                }
+            }
+        }
+    }
+}
+
+/// Applies the JSON patch `ops` to `doc`; `Err` names the failing operation.
+fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
+    let ops = ops
+        .as_array()
+        .ok_or("expected a JSON array of operations")?;
+    for op in ops {
+        let kind = op.get("op").and_then(Value::as_str).unwrap_or_default();
+        let path = op.get("path").and_then(Value::as_str).unwrap_or_default();
+        let value = op.get("value").cloned().unwrap_or(Value::Null);
+        let (parent, last) = match path.rfind('/') {
+            Some(i) => (
+                &path[..i],
+                path[i + 1..].replace("~1", "/").replace("~0", "~"),
+            ),
+            None => return Err(format!("{kind} {path}: expected a JSON pointer")),
+        };
+        match kind {
+            "test" => {
+                let found = doc.pointer(path).cloned().unwrap_or(Value::Null);
+                if found != value {
+                    return Err(format!("test {path}: expected {value}, found {found}"));
+                }
+            }
+            "add" | "replace" => {
+                let p = doc
+                    .pointer_mut(parent)
+                    .ok_or_else(|| format!("{kind} {path}: no parent"))?;
+                match p {
+                    Value::Object(m) => {
+                        if kind == "replace" && !m.contains_key(&last) {
+                            return Err(format!("replace {path}: no such member"));
+                        }
+                        m.insert(last, value);
+                    }
+                    Value::Array(a) if last == "-" => a.push(value),
+                    Value::Array(a) => {
+                        let i: usize = last
+                            .parse()
+                            .map_err(|_| format!("{kind} {path}: expected an index"))?;
+                        if i > a.len() || (kind == "replace" && i >= a.len()) {
+                            return Err(format!("{kind} {path}: index out of range"));
+                        }
+                        if kind == "replace" {
+                            a[i] = value;
+                        } else {
+                            a.insert(i, value);
+                        }
+                    }
+                    _ => return Err(format!("{kind} {path}: parent is not a container")),
+                }
+            }
+            "remove" => {
+                let p = doc
+                    .pointer_mut(parent)
+                    .ok_or_else(|| format!("remove {path}: no parent"))?;
+                let removed = match p {
+                    Value::Object(m) => m.remove(&last).is_some(),
+                    Value::Array(a) => match last.parse::<usize>() {
+                        Ok(i) if i < a.len() => {
+                            a.remove(i);
+                            true
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                };
+                if !removed {
+                    return Err(format!("remove {path}: nothing there"));
+                }
+            }
+            other => return Err(format!("{other}: unsupported operation")),
+        }
+    }
+    Ok(())
+}
+
+fn status_body(code: StatusCode, reason: &str, message: String) -> Response<Full<Bytes>> {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    respond(code, &body)
+}
+
+fn respond(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn spec_part(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(m) = &mut v {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+impl FakeApi {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores `obj` (any serializable Kubernetes object with `apiVersion`, `kind`,
+    /// `metadata.name`), as if created; returns it as stored. `plural` is the resource name
+    /// (`deployments`).
+    pub fn insert<T: serde::Serialize>(&self, plural: &str, obj: &T) -> Value {
+        let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
+        let gv = v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("v1")
+            .to_string();
+        let ns = v
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut s = self.lock();
+        s.stamp_new(&mut v);
+        s.objects
+            .insert((gv, plural.to_string(), ns, name), v.clone());
+        v
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, group_version: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .objects
+            .get(&(group_version.into(), plural.into(), ns.into(), name.into()))
+            .cloned()
+    }
+
+    /// Names of the stored objects of a kind in a namespace, sorted.
+    pub fn names(&self, group_version: &str, plural: &str, ns: &str) -> Vec<String> {
+        self.lock()
+            .objects
+            .keys()
+            .filter(|k| k.0 == group_version && k.1 == plural && k.2 == ns)
+            .map(|k| k.3.clone())
+            .collect()
+    }
+
+    /// Every write so far.
+    pub fn writes(&self) -> Vec<Write> {
+        self.lock().writes.clone()
+    }
+
+    /// Forgets the write log.
+    pub fn clear_writes(&self) {
+        self.lock().writes.clear();
+    }
+
+    /// Requests served so far (reads and writes).
+    pub fn requests(&self) -> u64 {
+        self.lock().requests
+    }
+
+    /// Objects stored.
+    pub fn len(&self) -> usize {
+        self.lock().objects.len()
+    }
+
+    /// Size of the stored objects as compact JSON, bytes (what the store holds, before the
+    /// overhead of its in-memory form).
+    pub fn stored_bytes(&self) -> usize {
+        let s = self.lock();
+        s.objects
+            .values()
+            .chain(s.applied.values())
+            .map(|v| v.to_string().len())
+            .sum()
+    }
+
+    /// `true` when the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Changes a stored object directly (as another client would), bumping its version.
+    pub fn modify(
+        &self,
+        group_version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) {
+        let mut s = self.lock();
+        let key = (group_version.into(), plural.into(), ns.into(), name.into());
+        let Some(mut obj) = s.objects.get(&key).cloned() else {
+            return;
+        };
+        let before = obj.clone();
+        f(&mut obj);
+        s.commit(key, &before, obj);
+    }
+
+    /// Serves one request.
+    pub fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        ct: &str,
+        body: &[u8],
+    ) -> Response<Full<Bytes>> {
+        let mut s = self.lock();
+        s.requests += 1;
+        let resp = s.handle(method, path, query, ct, body);
+        if *method != Method::GET {
+            let patch = match (method, ct) {
+                (&Method::PATCH, c) if c.contains("apply-patch") => "apply",
+                (&Method::PATCH, c) if c.contains("json-patch") => "json",
+                (&Method::PATCH, _) => "merge",
+                _ => "",
+            };
+            s.writes.push(Write {
+                method: method.to_string(),
+                path: path.to_string(),
+                patch: patch.into(),
+                status: resp.status().as_u16(),
+            });
+        }
+        resp
+    }
+}
+
+impl Store {
+    fn next_rv(&mut self) -> String {
+        self.resource_version += 1;
+        self.resource_version.to_string()
+    }
+
+    fn stamp_new(&mut self, v: &mut Value) {
+        self.uids += 1;
+        let uid = format!("00000000-0000-4000-8000-{:012x}", self.uids);
+        let rv = self.next_rv();
+        let has_spec = !spec_part(v).as_object().is_none_or(Map::is_empty);
+        merge_patch(
+            v,
+            &json!({"metadata": {
+                "uid": uid, "resourceVersion": rv,
+                "creationTimestamp": "2025-01-01T00:00:00Z",
+            }}),
+        );
+        if has_spec {
+            merge_patch(v, &json!({"metadata": {"generation": 1}}));
+        }
+    }
+
+    /// Stores `new` in place of `before` when it differs: bumps `resourceVersion`, and
+    /// `generation` when the spec changed; removes the object when it is being deleted and
+    /// has no finalizers left.
+    fn commit(&mut self, key: Key, before: &Value, mut new: Value) -> Value {
+        if &new == before {
+            return new;
+        }
+        if spec_part(&new) != spec_part(before) {
+            let g = before
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            merge_patch(&mut new, &json!({"metadata": {"generation": g + 1}}));
+        }
+        let rv = self.next_rv();
+        merge_patch(&mut new, &json!({"metadata": {"resourceVersion": rv}}));
+        let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
+        let finalizers = new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if deleting && !finalizers {
+            self.objects.remove(&key);
+            self.applied.retain(|(k, _, _), _| k != &key);
+        } else {
+            self.objects.insert(key, new.clone());
+        }
+        new
+    }
+
+    fn handle(
+        &mut self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        ct: &str,
+        body: &[u8],
+    ) -> Response<Full<Bytes>> {
+        let Some(t) = parse_path(path) else {
+            return status_body(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no route {path}"),
+            );
+        };
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return status_body(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        format!("body: {e}"),
+                    );
+                }
+            }
+        };
+        match (method, &t.name) {
+            (&Method::GET, None) => self.list(&t, query),
+            (&Method::GET, Some(name)) => match self.objects.get(&self.key(&t, name)) {
+                Some(o) => respond(StatusCode::OK, o),
+                None => self.not_found(&t, name),
+            },
+            (&Method::POST, None) => self.create(&t, body),
+            (&Method::PUT, Some(name)) => self.replace(&t, name, body),
+            (&Method::PATCH, Some(name)) => self.patch(&t, name, ct, query, body),
+            (&Method::DELETE, Some(name)) => self.delete(&t, name),
+            _ => status_body(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{method} {path} is not supported by the fake"),
+            ),
+        }
+    }
+
+    fn key(&self, t: &Target, name: &str) -> Key {
+        (
+            t.group_version.clone(),
+            t.plural.clone(),
+            t.namespace.clone(),
+            name.to_string(),
+        )
+    }
+
+    fn not_found(&self, t: &Target, name: &str) -> Response<Full<Bytes>> {
+        status_body(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", t.plural),
+        )
+    }
+
+    fn list(&self, t: &Target, query: &str) -> Response<Full<Bytes>> {
+        let reqs = query_param(query, "labelSelector")
+            .map(|s| parse_selector(&s))
+            .unwrap_or_default();
+        // Keys sort by (group/version, plural, namespace, name): a namespaced list is a range.
+        let from: Key = (
+            t.group_version.clone(),
+            t.plural.clone(),
+            t.namespace.clone(),
+            String::new(),
+        );
+        let items: Vec<Value> = self
+            .objects
+            .range(from..)
+            .take_while(|(k, _)| {
+                k.0 == t.group_version
+                    && k.1 == t.plural
+                    && (t.namespace.is_empty() || k.2 == t.namespace)
+            })
+            .filter(|(_, v)| selects(&reqs, v))
+            .map(|(_, v)| v.clone())
+            .collect();
+        respond(
+            StatusCode::OK,
+            &json!({
+                "apiVersion": t.group_version, "kind": "List",
+                "metadata": {"resourceVersion": self.resource_version.to_string()},
+                "items": items,
+            }),
+        )
+    }
+
+    fn create(&mut self, t: &Target, mut body: Value) -> Response<Full<Bytes>> {
+        let Some(name) = body
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
+            return status_body(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "metadata.name: required".into(),
+            );
+        };
+        let key = self.key(t, &name);
+        if self.objects.contains_key(&key) {
+            return status_body(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", t.plural),
+            );
+        }
+        if !t.namespace.is_empty() {
+            merge_patch(&mut body, &json!({"metadata": {"namespace": t.namespace}}));
+        }
+        self.stamp_new(&mut body);
+        self.objects.insert(key, body.clone());
+        respond(StatusCode::CREATED, &body)
+    }
+
+    fn stale(&self, stored: &Value, body: &Value) -> bool {
+        match body
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            Some(rv) => {
+                stored
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    != Some(rv)
+            }
+            None => false,
+        }
+    }
+
+    fn conflict(t: &Target, name: &str) -> Response<Full<Bytes>> {
+        status_body(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                t.plural
+            ),
+        )
+    }
+
+    fn replace(&mut self, t: &Target, name: &str, body: Value) -> Response<Full<Bytes>> {
+        let key = self.key(t, name);
+        let Some(stored) = self.objects.get(&key).cloned() else {
+            return self.not_found(t, name);
+        };
+        if self.stale(&stored, &body) {
+            return Self::conflict(t, name);
+        }
+        let mut new = stored.clone();
+        if t.status {
+            merge_patch(
+                &mut new,
+                &json!({"status": body.get("status").cloned().unwrap_or(Value::Null)}),
+            );
+        } else {
+            let status = stored.get("status").cloned();
+            let keep = stored.get("metadata").cloned().unwrap_or(Value::Null);
+            new = body;
+            // Server-owned metadata survives a replace.
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+            ] {
+                if let Some(v) = keep.get(f) {
+                    merge_patch(&mut new, &json!({"metadata": {f: v}}));
+                }
+            }
+            if let (Value::Object(m), Some(s)) = (&mut new, status) {
+                m.insert("status".into(), s);
+            }
+        }
+        let out = self.commit(key, &stored, new);
+        respond(StatusCode::OK, &out)
+    }
+
+    fn patch(
+        &mut self,
+        t: &Target,
+        name: &str,
+        ct: &str,
+        query: &str,
+        body: Value,
+    ) -> Response<Full<Bytes>> {
+        let key = self.key(t, name);
+        let stored = self.objects.get(&key).cloned();
+        if ct.contains("apply-patch") {
+            let manager = query_param(query, "fieldManager").unwrap_or_default();
+            if manager.is_empty() {
+                return status_body(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "PatchOptions.meta.k8s.io: fieldManager is required for apply requests".into(),
+                );
+            }
+            if let Some(s) = &stored
+                && self.stale(s, &body)
+            {
+                return Self::conflict(t, name);
+            }
+            let mut applied = body.clone();
+            if let Value::Object(m) = &mut applied {
+                if t.status {
+                    m.retain(|k, _| k == "status");
+                } else {
+                    m.remove("status");
+                    if let Some(Value::Object(meta)) = m.get_mut("metadata") {
+                        meta.remove("resourceVersion");
+                    }
+                }
+            }
+            let akey = (key.clone(), manager, t.status);
+            let Some(stored) = stored else {
+                if t.status {
+                    return self.not_found(t, name);
+                }
+                let mut new = body;
+                if let Value::Object(m) = &mut new {
+                    m.remove("status");
+                }
+                merge_patch(
+                    &mut new,
+                    &json!({"metadata": {"name": name, "namespace": if t.namespace.is_empty() { Value::Null } else { Value::String(t.namespace.clone()) }, "resourceVersion": null}}),
+                );
+                self.stamp_new(&mut new);
+                self.objects.insert(key, new.clone());
+                self.applied.insert(akey, applied);
+                return respond(StatusCode::CREATED, &new);
+            };
+            let mut new = stored.clone();
+            if let Some(old) = self.applied.get(&akey) {
+                prune(&mut new, old, &applied);
+            }
+            merge_apply(&mut new, &applied);
+            self.applied.insert(akey, applied);
+            let out = self.commit(key, &stored, new);
+            return respond(StatusCode::OK, &out);
+        }
+        let Some(stored) = stored else {
+            return self.not_found(t, name);
+        };
+        let mut new = stored.clone();
+        if ct.contains("json-patch") {
+            if let Err(e) = json_patch(&mut new, &body) {
+                return status_body(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
+            }
+        } else {
+            if self.stale(&stored, &body) {
+                return Self::conflict(t, name);
+            }
+            let mut body = body;
+            if let Value::Object(m) = &mut body {
+                if t.status {
+                    m.retain(|k, _| k == "status");
+                } else {
+                    m.remove("status");
+                }
+                if let Some(Value::Object(meta)) = m.get_mut("metadata") {
+                    meta.remove("resourceVersion");
+                }
+            }
+            merge_patch(&mut new, &body);
+        }
+        let out = self.commit(key, &stored, new);
+        respond(StatusCode::OK, &out)
+    }
+
+    fn delete(&mut self, t: &Target, name: &str) -> Response<Full<Bytes>> {
+        let key = self.key(t, name);
+        let Some(stored) = self.objects.get(&key).cloned() else {
+            return self.not_found(t, name);
+        };
+        let finalizers = stored
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if finalizers {
+            if stored.pointer("/metadata/deletionTimestamp").is_some() {
+                return respond(StatusCode::OK, &stored);
+            }
+            let mut new = stored.clone();
+            merge_patch(
+                &mut new,
+                &json!({"metadata": {"deletionTimestamp": "2025-01-01T00:00:01Z"}}),
+            );
+            let out = self.commit(key, &stored, new);
+            return respond(StatusCode::OK, &out);
+        }
+        self.objects.remove(&key);
+        self.applied.retain(|(k, _, _), _| k != &key);
+        self.next_rv();
+        respond(StatusCode::OK, &stored)
+    }
+}
+
+/// Server-side apply's merge as the fake does it: maps merge recursively, anything else
+/// (lists included) replaces; an applied `null` is ignored.
+fn merge_apply(target: &mut Value, applied: &Value) {
+    match (target, applied) {
+        (Value::Object(t), Value::Object(a)) => {
+            for (k, v) in a {
+                if v.is_null() {
+                    continue;
+                }
+                match t.get_mut(k) {
+                    Some(child) if child.is_object() && v.is_object() => merge_apply(child, v),
+                    _ => {
+                        t.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (t, a) => *t = a.clone(),
+    }
+}
+
+impl tower::Service<Request<kube::client::Body>> for FakeApi {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<kube::client::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let bytes = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok(status_body(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        format!("body: {e}"),
+                    ));
+                }
+            };
+            let ct = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            Ok(this.handle(
+                &parts.method,
+                parts.uri.path(),
+                parts.uri.query().unwrap_or_default(),
+                &ct,
+                &bytes,
+            ))
+        })
+    }
+}
+
+impl FakeApi {
+    /// A `kube::Client` talking to this store.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::new(self.clone(), "default")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+    use std::collections::BTreeMap;
+
+    fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+        ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([("a".to_string(), "1".to_string())])),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn selectors_versions_conflicts_and_finalizers() {
+        let fake = FakeApi::new();
+        let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns");
+        api.create(
+            &PostParams::default(),
+            &cm("a", &[("app", "web"), ("tier", "x")]),
+        )
+        .await
+        .unwrap();
+        api.create(&PostParams::default(), &cm("b", &[("app", "db")]))
+            .await
+            .unwrap();
+        let dup = api.create(&PostParams::default(), &cm("b", &[])).await;
+        assert!(matches!(dup, Err(kube::Error::Api(e)) if e.code == 409));
+
+        let names = |l: kube::core::ObjectList<ConfigMap>| {
+            l.items
+                .into_iter()
+                .map(|c| c.metadata.name.unwrap())
+                .collect::<Vec<_>>()
+        };
+        let sel = |s: &str| ListParams::default().labels(s);
+        assert_eq!(names(api.list(&sel("app=web")).await.unwrap()), ["a"]);
+        assert_eq!(
+            names(api.list(&sel("app in (web,db)")).await.unwrap()),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(api.list(&sel("app notin (web),!tier")).await.unwrap()),
+            ["b"]
+        );
+        assert_eq!(names(api.list(&sel("tier")).await.unwrap()), ["a"]);
+
+        // A replace with a stale resourceVersion is refused.
+        let mut a = api.get("a").await.unwrap();
+        let rv = a.metadata.resource_version.clone().unwrap();
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"b": "2"}})),
+        )
+        .await
+        .unwrap();
+        a.metadata.resource_version = Some(rv.clone());
+        let r = api.replace("a", &PostParams::default(), &a).await;
+        assert!(matches!(r, Err(kube::Error::Api(e)) if e.code == 409));
+
+        // A no-op apply keeps the version; dropping an applied field removes it.
+        let pp = PatchParams::apply("m");
+        let apply = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
+        let c1 = api
+            .patch("c", &pp, &Patch::Apply(apply(json!({"x": "1", "y": "2"}))))
+            .await
+            .unwrap();
+        let c2 = api
+            .patch("c", &pp, &Patch::Apply(apply(json!({"x": "1", "y": "2"}))))
+            .await
+            .unwrap();
+        assert_eq!(c1.metadata.resource_version, c2.metadata.resource_version);
+        let c3 = api
+            .patch("c", &pp, &Patch::Apply(apply(json!({"x": "1"}))))
+            .await
+            .unwrap();
+        assert_eq!(
+            c3.data.unwrap(),
+            BTreeMap::from([("x".to_string(), "1".to_string())])
+        );
+
+        // Deletion waits for the finalizers.
+        api.patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["f"]}})),
+        )
+        .await
+        .unwrap();
+        api.delete("b", &DeleteParams::default()).await.unwrap();
+        let b = api.get("b").await.unwrap();
+        assert!(b.metadata.deletion_timestamp.is_some());
+        api.patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+        assert!(api.get_opt("b").await.unwrap().is_none());
+    }
+}

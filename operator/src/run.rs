@@ -1,0 +1,660 @@
+//! `coherence-operator run`: waits for the CRDs, takes the Lease, runs both controllers and
+//! serves `/metrics` and `/healthz` until SIGTERM (or until the Lease is lost, which ends the
+//! process with status 1 so the kubelet restarts it as a follower).
+//!
+//! Watches use `DeserializeGuard<T>`: a policy or gate the operator cannot parse (an older or
+//! newer schema, a hand-edited object) becomes a counted `invalid_spec` error on that object
+//! instead of stalling the whole watch.
+
+use crate::alerts;
+use crate::controller::verifier::HttpVerifier;
+use crate::controller::{self, Context, Error, gate, policy};
+use crate::crd::{CoherencePolicy, DEFAULT_VERIFIER_ENDPOINT, FinOpsGate};
+use crate::lease::{Elector, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::webhook;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::DynamicObject;
+use kube::core::{DeserializeGuard, SelectorExt};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::wait::Condition;
+use kube::runtime::{conditions, wait::await_condition, watcher};
+use kube::{Api, ResourceExt};
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Flags of `run`, each with an environment fallback.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The verifier's URL (`https://` needs the three TLS files).
+    #[arg(long, env = "COHERENCE_VERIFIER_ENDPOINT", default_value = DEFAULT_VERIFIER_ENDPOINT)]
+    pub verifier_endpoint: String,
+    /// CA certificate the verifier's serving certificate must chain to.
+    #[arg(long, env = "COHERENCE_TLS_CA")]
+    pub verifier_ca: Option<PathBuf>,
+    /// Client certificate presented to the verifier.
+    #[arg(long, env = "COHERENCE_TLS_CERT")]
+    pub verifier_cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    #[arg(long, env = "COHERENCE_TLS_KEY")]
+    pub verifier_key: Option<PathBuf>,
+    /// Address of `/metrics` and `/healthz`.
+    #[arg(long, env = "COHERENCE_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "coherence")]
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "COHERENCE_LEASE_NAME",
+        default_value = "coherence-operator"
+    )]
+    pub lease_name: String,
+    /// This replica's identity in the Lease and in Events (the pod name; default the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Period of re-reading every object (the verifier's data changes without Kubernetes events).
+    #[arg(long, env = "COHERENCE_RESYNC", default_value = "60s", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// How long to wait for the CRDs to be established before giving up.
+    #[arg(long, env = "COHERENCE_CRD_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub crd_timeout: Duration,
+    /// Where the injection webhook listens (TLS, `POST /mutate`); every replica serves it.
+    #[arg(long, env = "COHERENCE_WEBHOOK_LISTEN", default_value = webhook::DEFAULT_LISTEN)]
+    pub webhook_listen: SocketAddr,
+    /// The webhook's serving certificate (e.g. a cert-manager Secret mount, re-read when it is
+    /// renewed). Without it a certificate is generated at start and the `caBundle` of the
+    /// MutatingWebhookConfiguration is patched with its CA.
+    #[arg(long, env = "COHERENCE_WEBHOOK_CERT", requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+    /// The key of `--webhook-cert`.
+    #[arg(long, env = "COHERENCE_WEBHOOK_KEY", requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+    /// The Service in front of the webhook (the generated certificate's DNS names).
+    #[arg(long, env = "COHERENCE_WEBHOOK_SERVICE", default_value = webhook::DEFAULT_SERVICE)]
+    pub webhook_service: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` is patched.
+    #[arg(long, env = "COHERENCE_WEBHOOK_CONFIGURATION", default_value = webhook::CONFIGURATION_NAME)]
+    pub webhook_configuration: String,
+    /// The sidecar image the webhook injects.
+    #[arg(long, env = "COHERENCE_SIDECAR_IMAGE", default_value_t = crate::inject::default_image())]
+    pub sidecar_image: String,
+    /// Inject a native sidecar (Kubernetes ≥ 1.29); `false` injects a plain container.
+    #[arg(long, env = "COHERENCE_NATIVE_SIDECARS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub native_sidecars: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::render::duration_ms(s)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("expected a duration like 30s, 5m or 1h, got {s:?}"))
+}
+
+/// Exit status for a bad configuration (sysexits `EX_USAGE`).
+const EX_USAGE: u8 = 64;
+
+/// Runs the operator; the process's exit status.
+pub fn main(args: RunArgs) -> ExitCode {
+    tracing_subscriber::fmt().json().with_target(false).init();
+    // One process-wide rustls provider: kube's client and the verifier client both use ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coherence-operator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(args))
+}
+
+fn verifier(args: &RunArgs) -> Result<HttpVerifier, String> {
+    let tls = match (&args.verifier_ca, &args.verifier_cert, &args.verifier_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(coherence_verifier::tls::client_config(ca, cert, key).map_err(|e| e.to_string())?)
+        }
+        (None, None, None) if args.verifier_endpoint.starts_with("http://") => None,
+        _ => {
+            return Err(
+                "--verifier-ca, --verifier-cert and --verifier-key: expected all three for an https:// verifier endpoint"
+                    .into(),
+            );
+        }
+    };
+    HttpVerifier::new(&args.verifier_endpoint, tls).map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let verifier = match verifier(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("coherence-operator: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coherence-operator: cannot configure the Kubernetes client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "coherence-operator".into());
+
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = match serve(args.metrics_listen, Arc::new(registry), stop_rx.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "coherence-operator: --metrics-listen {}: {e}",
+                args.metrics_listen
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+
+    let hook = match start_webhook(&client, &args, stop_rx.clone()).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("coherence-operator: {e}");
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+
+    let code = lead(client, verifier, metrics, &args, identity).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = hook.await;
+    code
+}
+
+/// Starts the injection webhook on every replica: its policies follow a watch of all
+/// CoherencePolicies (a malformed one is skipped, not fatal), its certificate comes from files
+/// or is generated, in which case the MutatingWebhookConfiguration's `caBundle` is patched.
+async fn start_webhook(
+    client: &kube::Client,
+    args: &RunArgs,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let tls = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => webhook::ReloadingCert::new(cert, key, Duration::from_secs(60))
+            .and_then(|c| c.server_config())
+            .map_err(|e| format!("--webhook-cert/--webhook-key: {e}"))?,
+        _ => {
+            let generated =
+                webhook::generate_serving_cert(&args.webhook_service, &args.lease_namespace)
+                    .map_err(|e| format!("webhook certificate: {e}"))?;
+            let patch = webhook::ca_bundle_patch(&args.webhook_configuration, &generated.ca_pem);
+            let api: Api<
+                k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+            > = Api::all(client.clone());
+            // Its own field manager: the chart owns the rest of the object.
+            let pp = kube::api::PatchParams::apply("coherence-operator-cabundle").force();
+            match api
+                .patch(
+                    &args.webhook_configuration,
+                    &pp,
+                    &kube::api::Patch::Apply(&patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(configuration = %args.webhook_configuration, "caBundle set")
+                }
+                Err(e) => tracing::warn!(
+                    configuration = %args.webhook_configuration,
+                    error = %e,
+                    "caBundle not set; the API server will not trust the webhook until it is"
+                ),
+            }
+            webhook::server_config(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())
+                .map_err(|e| format!("webhook certificate: {e}"))?
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
+        .await
+        .map_err(|e| format!("--webhook-listen {}: {e}", args.webhook_listen))?;
+    let policies = webhook::SharedPolicies::new(Vec::new());
+    let options = crate::inject::InjectOptions {
+        image: args.sidecar_image.clone(),
+        native_sidecars: args.native_sidecars,
+    };
+    let app = webhook::router(Arc::new(policies.clone()), options);
+    let watch_policies = follow_policies(client.clone(), policies, stop.clone());
+    let serve = webhook::serve(listener, tls, app, until(stop), Duration::from_secs(10));
+    Ok(tokio::spawn(async move {
+        tokio::join!(watch_policies, serve);
+    }))
+}
+
+/// Keeps `shared` equal to the cluster's CoherencePolicies until `stop`.
+async fn follow_policies(
+    client: kube::Client,
+    shared: webhook::SharedPolicies,
+    mut stop: watch::Receiver<bool>,
+) {
+    let api: Api<DeserializeGuard<CoherencePolicy>> = Api::all(client);
+    let events = watcher(api, watcher::Config::default());
+    tokio::pin!(events);
+    let mut fresh: Vec<CoherencePolicy> = Vec::new();
+    loop {
+        let next = tokio::select! {
+            e = events.next() => e,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match next {
+            None => return,
+            Some(Err(e)) => tracing::warn!(error = %e, "policy watch; retrying"),
+            Some(Ok(watcher::Event::Init)) => fresh.clear(),
+            Some(Ok(watcher::Event::InitApply(g))) => {
+                if let Ok(p) = g.0 {
+                    fresh.push(p);
+                }
+            }
+            Some(Ok(watcher::Event::InitDone)) => shared.replace_all(std::mem::take(&mut fresh)),
+            Some(Ok(watcher::Event::Apply(g))) => match g.0 {
+                Ok(p) => shared.upsert(p),
+                Err(invalid) => {
+                    tracing::warn!(error = %invalid.error, "a CoherencePolicy that cannot be read is not used for injection")
+                }
+            },
+            Some(Ok(watcher::Event::Delete(g))) => {
+                if let (Some(ns), name) = (g.namespace(), g.name_any()) {
+                    shared.remove(&ns, &name);
+                }
+            }
+        }
+    }
+}
+
+/// Everything after the HTTP server is up: CRDs, Lease, controllers.
+async fn lead(
+    client: kube::Client,
+    verifier: HttpVerifier,
+    metrics: Arc<Metrics>,
+    args: &RunArgs,
+    identity: String,
+) -> ExitCode {
+    let elector = Elector::new(
+        client.clone(),
+        LeaseConfig::new(&args.lease_name, &args.lease_namespace, &identity),
+    );
+    let ready = async {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for name in [
+            "coherencepolicies.coherence.dev",
+            "finopsgates.coherence.dev",
+        ] {
+            let established = await_condition(crds.clone(), name, conditions::is_crd_established());
+            match tokio::time::timeout(args.crd_timeout, established).await {
+                Ok(Ok(_)) => tracing::info!(crd = name, "established"),
+                Ok(Err(e)) => {
+                    tracing::error!(crd = name, error = %e, "cannot watch the CRD");
+                    return false;
+                }
+                Err(_) => {
+                    tracing::error!(crd = name, timeout = ?args.crd_timeout, "CRD not established; install crds/*.yaml");
+                    return false;
+                }
+            }
+        }
+        elector.acquire().await;
+        true
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    // SIGTERM while waiting for the CRDs or the Lease ends the process at once.
+    tokio::select! {
+        ok = ready => if !ok { return ExitCode::FAILURE },
+        () = shutdown_signal() => return ExitCode::SUCCESS,
+    }
+
+    let mut ctx = Context::new(client.clone(), Arc::new(verifier), metrics, Some(identity));
+    ctx.resync = args.resync;
+    ctx.prometheus_rules = prometheus_rules_served(&crds).await;
+    let ctx = Arc::new(ctx);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let controllers = run_controllers(client, ctx, shutdown_rx);
+    tokio::pin!(controllers);
+
+    tokio::select! {
+        lost = elector.hold() => {
+            tracing::error!(error = %lost, "lost the lease; exiting");
+            ExitCode::FAILURE
+        }
+        () = &mut controllers => {
+            tracing::error!("controllers stopped");
+            ExitCode::FAILURE
+        }
+        () = shutdown_signal() => {
+            tracing::info!("SIGTERM: draining the controllers");
+            let _ = shutdown_tx.send(true);
+            controllers.await;
+            elector.release().await;
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `true` when the PrometheusRule CRD (`monitoring.coreos.com/v1`, the Prometheus Operator's)
+/// is established. Looked up once: installing the Prometheus Operator later takes a restart of
+/// the operator to get the rules.
+async fn prometheus_rules_served(crds: &Api<CustomResourceDefinition>) -> bool {
+    let served = match crds.get_opt(alerts::CRD_NAME).await {
+        Ok(crd) => {
+            conditions::is_crd_established().matches_object(crd.as_ref())
+                && crd.is_some_and(|c| {
+                    c.spec
+                        .versions
+                        .iter()
+                        .any(|v| v.name == alerts::VERSION && v.served)
+                })
+        }
+        Err(e) => {
+            tracing::warn!(crd = alerts::CRD_NAME, error = %e, "cannot look the CRD up; no PrometheusRules");
+            false
+        }
+    };
+    tracing::info!(
+        crd = alerts::CRD_NAME,
+        served,
+        "PrometheusRules per policy and gate"
+    );
+    served
+}
+
+// Written out so the bound can say `Sync`, which `graceful_shutdown_on` requires.
+#[allow(clippy::manual_async_fn)]
+fn until(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + Sync {
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The policies of `ns` whose selector matches `labels`.
+fn policies_selecting(
+    store: &Store<DeserializeGuard<CoherencePolicy>>,
+    ns: Option<&str>,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<ObjectRef<DeserializeGuard<CoherencePolicy>>> {
+    store
+        .state()
+        .iter()
+        .filter(|g| g.namespace().as_deref() == ns)
+        .filter(|g| {
+            g.0.as_ref().is_ok_and(|p| {
+                kube::core::Selector::try_from(p.spec.selector.clone())
+                    .is_ok_and(|s| s.matches(labels))
+            })
+        })
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+async fn reconcile_policy(
+    obj: Arc<DeserializeGuard<CoherencePolicy>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match &obj.0 {
+        Ok(p) => policy::reconcile(Arc::new(p.clone()), ctx).await,
+        Err(invalid) => Err(crate::Error::invalid("object", invalid.error.clone()).into()),
+    }
+}
+
+fn policy_error(
+    obj: Arc<DeserializeGuard<CoherencePolicy>>,
+    e: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.retry(policy::CONTROLLER, &controller::object_key(obj.as_ref()), e)
+}
+
+async fn reconcile_gate(
+    obj: Arc<DeserializeGuard<FinOpsGate>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match &obj.0 {
+        Ok(g) => gate::reconcile(Arc::new(g.clone()), ctx).await,
+        Err(invalid) => Err(crate::Error::invalid("object", invalid.error.clone()).into()),
+    }
+}
+
+fn gate_error(obj: Arc<DeserializeGuard<FinOpsGate>>, e: &Error, ctx: Arc<Context>) -> Action {
+    ctx.retry(gate::CONTROLLER, &controller::object_key(obj.as_ref()), e)
+}
+
+async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::Receiver<bool>) {
+    let managed =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=coherence-operator");
+    let policies = Controller::new(
+        Api::<DeserializeGuard<CoherencePolicy>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = policies.store();
+    let pod_store = store.clone();
+    let deploy_store = store;
+    let policies = policies
+        .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
+        .owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            managed.clone(),
+        )
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            managed.clone(),
+        )
+        .owns(Api::<NetworkPolicy>::all(client.clone()), managed.clone());
+    let rules = alerts::api_resource();
+    let policies = if ctx.prometheus_rules {
+        policies.owns_with(
+            Api::<DynamicObject>::all_with(client.clone(), &rules),
+            rules.clone(),
+            managed.clone(),
+        )
+    } else {
+        policies
+    };
+    let policies = policies
+        // Pods come and go (injected or not): re-count for the policies selecting them.
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            move |pod| policies_selecting(&pod_store, pod.namespace().as_deref(), pod.labels()),
+        )
+        // A Deployment appears, changes its template, or is paused by someone else.
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            move |d| {
+                let labels = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.metadata.as_ref())
+                    .and_then(|m| m.labels.clone())
+                    .unwrap_or_default();
+                policies_selecting(&deploy_store, d.namespace().as_deref(), &labels)
+            },
+        )
+        .graceful_shutdown_on(until(stop.clone()))
+        .run(reconcile_policy, policy_error, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "policy controller");
+            }
+        });
+
+    let gates = Controller::new(
+        Api::<DeserializeGuard<FinOpsGate>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let gate_store = gates.store();
+    let gates = if ctx.prometheus_rules {
+        gates.owns_with(
+            Api::<DynamicObject>::all_with(client.clone(), &rules),
+            rules,
+            managed,
+        )
+    } else {
+        gates
+    };
+    let gates = gates
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            move |d| {
+                let (ns, name) = (d.namespace(), d.name_any());
+                gate_store
+                    .state()
+                    .iter()
+                    .filter(|g| g.namespace() == ns)
+                    .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
+                    .map(|g| ObjectRef::from_obj(g.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(until(stop))
+        .run(reconcile_gate, gate_error, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "gate controller");
+            }
+        });
+    futures::future::join(policies, gates).await;
+}
+
+/// The admin router: `/metrics` (Prometheus text) and `/healthz`.
+pub fn app(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(registry)
+}
+
+async fn metrics_text(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn serve(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    Ok(tokio::spawn(async move {
+        let r = axum::serve(listener, app(registry))
+            .with_graceful_shutdown(until(stop))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "metrics server");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn metrics_and_health_are_served() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.error("coherencepolicy", "kube");
+        metrics.set_veto("demo", "web", Some("pause-rollout"));
+        metrics.set_gate("demo", "web", Some(1.25), Some(2));
+        let app = app(Arc::new(registry));
+        let r = app
+            .clone()
+            .oneshot(
+                axum::http::Request::get("/healthz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = app
+            .oneshot(
+                axum::http::Request::get("/metrics")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        for line in [
+            "coherence_reconcile_errors_total{controller=\"coherencepolicy\",reason=\"kube\"} 1",
+            "coherence_veto_active{namespace=\"demo\",policy=\"web\",action=\"pause-rollout\"} 1",
+            "coherence_finops_fti{namespace=\"demo\",gate=\"web\"} 1.25",
+            "coherence_finops_grade{namespace=\"demo\",gate=\"web\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_like_the_crds() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,317 @@
+//! The outbox and the sender against the real `coherence-verifier` binary over mTLS: every
+//! record delivered once, across a verifier outage and restart; rejected records in the
+//! dead-letter file with the verifier's reason; a rotated client certificate picked up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use coherence_sidecar::config::{DeliverySettings, OutboxSettings, VerifierSettings};
+use coherence_sidecar::deliver::{Deliverer, DeliveryStats};
+use coherence_sidecar::outbox::{Kind, Outbox};
+use coherence_sidecar::sample::Dur;
+use coherence_verifier::tls::certgen;
+use common::{Verifier, eventually, signed_pcs};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn outbox(dir: &Path) -> Arc<Outbox> {
+    Arc::new(
+        Outbox::open(&OutboxSettings {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            segment_bytes: 8 << 10,
+        })
+        .unwrap(),
+    )
+}
+
+fn settings(endpoint: String, ca: &Path, cert: &Path, key: &Path) -> VerifierSettings {
+    VerifierSettings {
+        endpoint,
+        ca: Some(ca.to_owned()),
+        cert: Some(cert.to_owned()),
+        key: Some(key.to_owned()),
+        timeout: Dur(Duration::from_secs(5)),
+    }
+}
+
+fn fast_retries() -> DeliverySettings {
+    DeliverySettings {
+        backoff_base: Dur(Duration::from_millis(20)),
+        backoff_max: Dur(Duration::from_millis(250)),
+        max_attempts: 10_000,
+    }
+}
+
+/// Appends a signed PCS the way the engine does: the seq goes into `ft.outbox_seq`.
+fn append_pcs(o: &Outbox, shard: &str, epoch: u64) -> (u64, String) {
+    let mut id = String::new();
+    let seq = o
+        .append_with(Kind::Pcs, &pcs_id_of(shard, epoch), |seq| {
+            let p = signed_pcs(shard, epoch, seq);
+            id = p.pcs_id.clone();
+            p.to_json().into_bytes()
+        })
+        .unwrap();
+    assert_eq!(id, pcs_id_of(shard, epoch));
+    (seq, id)
+}
+
+/// The pcs_id does not depend on `ft`, so it is known before the seq.
+fn pcs_id_of(shard: &str, epoch: u64) -> String {
+    signed_pcs(shard, epoch, 0).pcs_id
+}
+
+/// Waits until the outbox is empty and the sender has counted every record it resolved (the
+/// outbox is acknowledged on the blocking pool just before the sender counts it).
+async fn drained(o: &Outbox, s: &DeliveryStats) {
+    eventually("outbox drained", LIMIT, || {
+        let (ob, snap) = (o.stats(), s.snapshot());
+        (o.pending_len() == 0 && snap.sent_ok + snap.dead_lettered == ob.acked_total + ob.dlq_total)
+            .then_some(())
+    })
+    .await;
+}
+
+fn dlq(o: &Outbox) -> Vec<Value> {
+    std::fs::read_to_string(o.dlq_path())
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn stats_line(s: &DeliveryStats) -> String {
+    format!("{:?}", s.snapshot())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_is_delivered_once_across_a_verifier_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    certgen::generate(&certs, &[], 30).unwrap();
+    let mut v = Verifier::start(&certs, &dir.path().join("wal"));
+    v.ready().await;
+
+    let ob = outbox(&dir.path().join("outbox"));
+    let cfg = settings(
+        v.endpoint(),
+        &certs.join("ca.crt"),
+        &certs.join("client.crt"),
+        &certs.join("client.key"),
+    );
+    let sender = Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap();
+    let stats = sender.stats();
+    let (stop, rx) = watch::channel(false);
+    let task = sender.spawn(rx);
+
+    let shard = "shop/checkout/checkout-0";
+    let mut sent: Vec<(u64, String)> = (1..=5).map(|e| append_pcs(&ob, shard, e)).collect();
+    drained(&ob, &stats).await;
+    let mut wal_seqs = Vec::new();
+    for (seq, id) in &sent {
+        let (s, body) = v.record(id).await;
+        assert_eq!(
+            (s, &body["status"]),
+            (200, &Value::from(200)),
+            "{seq}: {body}"
+        );
+        wal_seqs.push(body["seq"].as_u64().unwrap());
+    }
+    assert!(
+        wal_seqs.windows(2).all(|w| w[0] < w[1]),
+        "delivered in outbox order: {wal_seqs:?}"
+    );
+    assert_eq!(stats.snapshot().sent_ok, 5, "{}", stats_line(&stats));
+
+    // The verifier goes away: records accumulate and are retried.
+    v.kill();
+    let before = stats.snapshot().retries;
+    sent.extend((6..=10).map(|e| append_pcs(&ob, shard, e)));
+    eventually("retries while the verifier is down", LIMIT, || {
+        (stats.snapshot().retries >= before + 3).then_some(())
+    })
+    .await;
+    assert_eq!(ob.pending_len(), 5);
+    let snap = stats.snapshot();
+    assert!(snap.network_errors >= 3, "{snap:?}");
+    assert!(snap.last_error.is_some(), "{snap:?}");
+    assert_eq!(snap.head_seq, Some(sent[5].0), "{snap:?}");
+
+    // Back on the same WAL: everything is delivered, nothing is stored twice.
+    v.restart();
+    v.ready().await;
+    drained(&ob, &stats).await;
+    for (seq, id) in &sent {
+        let (s, body) = v.record(id).await;
+        assert_eq!(
+            (s, &body["status"]),
+            (200, &Value::from(200)),
+            "{seq}: {body}"
+        );
+    }
+    let st = ob.stats();
+    assert_eq!((st.acked_total, st.dlq_total, st.degraded), (10, 0, false));
+    assert_eq!(stats.snapshot().sent_ok, 10, "{}", stats_line(&stats));
+    assert!(stats.snapshot().last_success_at_ms.is_some());
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the sender stops promptly")
+        .unwrap();
+    assert!(v.terminate().success());
+    let audit = coherence_verifier::wal::audit(&v.wal).unwrap();
+    assert_eq!(audit.first_applications, 10, "{audit:?}");
+    assert!(audit.applied_more_than_once.is_empty(), "{audit:?}");
+
+    // A restart of the sidecar finds nothing pending and numbers on.
+    drop(ob);
+    let again = outbox(&dir.path().join("outbox"));
+    assert_eq!(again.pending_len(), 0);
+    assert_eq!(again.next_seq(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_records_go_to_the_dead_letter_file_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    certgen::generate(&certs, &["checkout:shop".parse().unwrap()], 30).unwrap();
+    let v = Verifier::start(&certs, &dir.path().join("wal"));
+    v.ready().await;
+
+    let ob = outbox(&dir.path().join("outbox"));
+    let good1 = append_pcs(&ob, "shop/checkout/checkout-0", 1);
+    // Tampered: a new epoch and pcs_id, the old signature.
+    let mut t = signed_pcs("shop/checkout/checkout-0", 2, 0);
+    t.epoch = 3;
+    t.pcs_id = t.expected_pcs_id();
+    let tampered = ob
+        .append(Kind::Pcs, &t.pcs_id, t.to_json().as_bytes())
+        .unwrap();
+    // Another namespace than the client certificate's.
+    let foreign = append_pcs(&ob, "payments/api/api-0", 1);
+    let malformed = ob.append(Kind::Pcs, "m", br#"{"schema": 1}"#).unwrap();
+    let good2 = append_pcs(&ob, "shop/checkout/checkout-0", 4);
+
+    // The sidecar presents the `checkout:shop` certificate.
+    let cfg = settings(
+        v.endpoint(),
+        &certs.join("ca.crt"),
+        &certs.join("checkout.crt"),
+        &certs.join("checkout.key"),
+    );
+    let sender = Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap();
+    let stats = sender.stats();
+    let (stop, rx) = watch::channel(false);
+    let task = sender.spawn(rx);
+    drained(&ob, &stats).await;
+
+    for (_, id) in [&good1, &good2] {
+        let (s, body) = v.record(id).await;
+        assert_eq!((s, &body["status"]), (200, &Value::from(200)), "{body}");
+    }
+    let lines = dlq(&ob);
+    let by_seq = |seq: u64| {
+        lines
+            .iter()
+            .find(|l| l["seq"] == seq)
+            .unwrap_or_else(|| panic!("seq {seq} not in the DLQ: {lines:?}"))
+    };
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let l = by_seq(tampered);
+    assert!(l["reason"].as_str().unwrap().starts_with("401: "), "{l}");
+    assert_eq!(l["id"], t.pcs_id.as_str());
+    assert_eq!(l["kind"], "pcs");
+    assert_eq!(l["body"]["pcs_id"], t.pcs_id.as_str());
+    let l = by_seq(foreign.0);
+    assert!(l["reason"].as_str().unwrap().starts_with("403: "), "{l}");
+    let l = by_seq(malformed);
+    assert!(l["reason"].as_str().unwrap().starts_with("400: "), "{l}");
+    assert!(l["reason"].as_str().unwrap().contains("field"), "{l}");
+
+    let snap = stats.snapshot();
+    assert_eq!(
+        (snap.sent_ok, snap.dead_lettered, snap.retries),
+        (2, 3, 0),
+        "{snap:?}"
+    );
+    assert_eq!(snap.by_status.get(&401), Some(&1), "{snap:?}");
+    assert_eq!(snap.by_status.get(&403), Some(&1), "{snap:?}");
+    assert_eq!(snap.by_status.get(&400), Some(&1), "{snap:?}");
+    assert_eq!(ob.stats().dlq_total, 3);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+fn link(target: &str, at: &Path) {
+    std::os::unix::fs::symlink(target, at).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_certificate_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    certgen::generate(&certs, &[], 30).unwrap();
+    // A client certificate of another CA: the verifier refuses the handshake.
+    let stranger = dir.path().join("stranger");
+    certgen::generate(&stranger, &[], 30).unwrap();
+    let v = Verifier::start(&certs, &dir.path().join("wal"));
+    v.ready().await;
+
+    // A Secret volume as the kubelet writes it: files point through the `..data` symlink.
+    let secret = dir.path().join("secret");
+    let v1 = secret.join("..v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::copy(certs.join("ca.crt"), v1.join("ca.crt")).unwrap();
+    std::fs::copy(stranger.join("client.crt"), v1.join("tls.crt")).unwrap();
+    std::fs::copy(stranger.join("client.key"), v1.join("tls.key")).unwrap();
+    link("..v1", &secret.join("..data"));
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        link(&format!("..data/{f}"), &secret.join(f));
+    }
+
+    let ob = outbox(&dir.path().join("outbox"));
+    let cfg = settings(
+        v.endpoint(),
+        &secret.join("ca.crt"),
+        &secret.join("tls.crt"),
+        &secret.join("tls.key"),
+    );
+    let sender = Deliverer::new(ob.clone(), &cfg, &fast_retries())
+        .unwrap()
+        .with_reload_interval(Duration::from_millis(200));
+    let stats = sender.stats();
+    let (stop, rx) = watch::channel(false);
+    let task = sender.spawn(rx);
+    let (_, id) = append_pcs(&ob, "shop/checkout/checkout-0", 1);
+    eventually("refused handshakes", LIMIT, || {
+        (stats.snapshot().network_errors >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(ob.pending_len(), 1, "{}", stats_line(&stats));
+    assert_eq!(stats.snapshot().tls_reloads, 0);
+
+    // Rotation: a new directory, then `..data` swapped atomically.
+    let v2 = secret.join("..v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::copy(certs.join("ca.crt"), v2.join("ca.crt")).unwrap();
+    std::fs::copy(certs.join("client.crt"), v2.join("tls.crt")).unwrap();
+    std::fs::copy(certs.join("client.key"), v2.join("tls.key")).unwrap();
+    link("..v2", &secret.join("..data_tmp"));
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+
+    drained(&ob, &stats).await;
+    let (s, body) = v.record(&id).await;
+    assert_eq!((s, &body["status"]), (200, &Value::from(200)), "{body}");
+    let snap = stats.snapshot();
+    assert_eq!(snap.tls_reloads, 1, "{snap:?}");
+    assert_eq!(snap.sent_ok, 1, "{snap:?}");
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
