@@ -5,7 +5,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/release/coherence
 DEMO_DIR := $(TARGET_DIR)/demo
 
-.PHONY: crds all build demo test test-chaos chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator clean
+.PHONY: crds all build demo test test-chaos chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator bench-operator-rss clean
 
 all: build
 
@@ -60,6 +60,11 @@ bench-compare: build
 ## per reconcile (finalizer, create and steady passes) and the process RSS.
 bench-operator:
 	$(CARGO) bench -p coherence-operator --features fake --bench reconcile
+
+## bench-operator-rss: the real `coherence-operator run` against 2,000 policies served by the
+## fake API in its own process; the operator's RSS and time per reconcile.
+bench-operator-rss:
+	python3 bench/operator.py
 
 ## bench-sidecar: RSS and CPU of the sidecar beside the Prometheus agent on the same node
 ## exporter (~200 series at 1 Hz, BENCH_SECONDS, default 300), then with a full 2-minute window

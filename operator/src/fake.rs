@@ -14,6 +14,12 @@
 //! - `DELETE`: while finalizers remain the object only gets `deletionTimestamp`; it disappears
 //!   when the last finalizer is removed.
 //!
+//! - `GET …?watch=true`: a watch stream (`ADDED`, `MODIFIED`, `DELETED` events as JSON lines)
+//!   from the requested `resourceVersion`, with `labelSelector`, ended after `timeoutSeconds`;
+//!   a version older than the retained event log answers `410 Expired` in the stream, as a real
+//!   API server does once etcd has compacted, so watchers relist;
+//! - `Accept: …;as=PartialObjectMetadata…`: metadata-only objects, as `metadata_watcher` asks.
+//!
 //! `resourceVersion` is one counter for the whole store and moves only when an object really
 //! changes (a no-op patch writes nothing, as on a real API server); `generation` moves when
 //! anything outside `metadata` and `status` changes.
@@ -21,14 +27,16 @@
 //! Limits, chosen knowingly: server-side apply merges maps recursively and replaces lists
 //! whole (no list-map keys), tracks per field manager only the last applied configuration
 //! (fields it applied before and omits now are removed; conflicts between managers are never
-//! reported), and ignores `dryRun`. There is no watch, no admission, no schema validation and
-//! no garbage collection through owner references.
+//! reported), and ignores `dryRun`. There is no admission, no schema validation, no bookmarks
+//! and no garbage collection through owner references.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -51,22 +59,55 @@ pub struct Write {
     pub status: u16,
 }
 
+/// Events a watch can resume from; older ones are forgotten (a watch from before them gets
+/// `410 Expired`).
+const EVENT_LOG: usize = 200_000;
+
+/// One change, for watches.
+#[derive(Debug, Clone)]
+struct Change {
+    rv: u64,
+    key: Key,
+    kind: &'static str,
+    object: Value,
+}
+
 #[derive(Debug, Default)]
 struct Store {
     objects: BTreeMap<Key, Value>,
+    /// Changes, oldest first, at most [`EVENT_LOG`].
+    events: VecDeque<Change>,
+    /// The highest `resourceVersion` forgotten from `events`.
+    forgotten: u64,
     /// Last configuration each field manager applied, per object and subresource.
     applied: HashMap<(Key, String, bool), Value>,
     resource_version: u64,
     uids: u64,
     writes: Vec<Write>,
     requests: u64,
+    /// `GET`s (not watches) per resource plural.
+    reads: HashMap<String, u64>,
 }
 
 /// The fake API server; clones share one store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FakeApi {
     store: Arc<Mutex<Store>>,
+    /// The store's `resourceVersion` after the last write: wakes the watches.
+    version: Arc<tokio::sync::watch::Sender<u64>>,
 }
+
+impl Default for FakeApi {
+    fn default() -> Self {
+        Self {
+            store: Arc::default(),
+            version: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+/// The body of every answer: whole (`Full`) or a watch stream.
+pub type FakeBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// A parsed request path.
 #[derive(Debug, Clone)]
@@ -389,8 +430,10 @@ impl FakeApi {
             .to_string();
         let mut s = self.lock();
         s.stamp_new(&mut v);
-        s.objects
-            .insert((gv, plural.to_string(), ns, name), v.clone());
+        s.put((gv, plural.to_string(), ns, name), v.clone(), "ADDED");
+        let rv = s.resource_version;
+        drop(s);
+        self.version.send_replace(rv);
         v
     }
 
@@ -425,6 +468,11 @@ impl FakeApi {
     /// Requests served so far (reads and writes).
     pub fn requests(&self) -> u64 {
         self.lock().requests
+    }
+
+    /// `GET`s of one object or a list (watches excluded) of a resource so far.
+    pub fn reads_of(&self, plural: &str) -> u64 {
+        self.lock().reads.get(plural).copied().unwrap_or(0)
     }
 
     /// Objects stored.
@@ -465,6 +513,9 @@ impl FakeApi {
         let before = obj.clone();
         f(&mut obj);
         s.commit(key, &before, obj);
+        let rv = s.resource_version;
+        drop(s);
+        self.version.send_replace(rv);
     }
 
     /// Serves one request.
@@ -478,7 +529,11 @@ impl FakeApi {
     ) -> Response<Full<Bytes>> {
         let mut s = self.lock();
         s.requests += 1;
+        let before = s.resource_version;
         let resp = s.handle(method, path, query, ct, body);
+        if s.resource_version != before {
+            self.version.send_replace(s.resource_version);
+        }
         if *method != Method::GET {
             let patch = match (method, ct) {
                 (&Method::PATCH, c) if c.contains("apply-patch") => "apply",
@@ -498,6 +553,33 @@ impl FakeApi {
 }
 
 impl Store {
+    /// Stores `obj` under `key` and logs the change.
+    fn put(&mut self, key: Key, obj: Value, kind: &'static str) {
+        self.log(key.clone(), obj.clone(), kind);
+        self.objects.insert(key, obj);
+    }
+
+    /// Removes `key`; `last` is the object as it was, with the deleting `resourceVersion`.
+    fn remove(&mut self, key: &Key, last: Value) {
+        self.objects.remove(key);
+        self.applied.retain(|(k, _, _), _| k != key);
+        self.log(key.clone(), last, "DELETED");
+    }
+
+    fn log(&mut self, key: Key, object: Value, kind: &'static str) {
+        if self.events.len() >= EVENT_LOG
+            && let Some(old) = self.events.pop_front()
+        {
+            self.forgotten = old.rv;
+        }
+        self.events.push_back(Change {
+            rv: self.resource_version,
+            key,
+            kind,
+            object,
+        });
+    }
+
     fn next_rv(&mut self) -> String {
         self.resource_version += 1;
         self.resource_version.to_string()
@@ -542,10 +624,9 @@ impl Store {
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
         if deleting && !finalizers {
-            self.objects.remove(&key);
-            self.applied.retain(|(k, _, _), _| k != &key);
+            self.remove(&key, new.clone());
         } else {
-            self.objects.insert(key, new.clone());
+            self.put(key, new.clone(), "MODIFIED");
         }
         new
     }
@@ -579,6 +660,9 @@ impl Store {
                 }
             }
         };
+        if method == Method::GET {
+            *self.reads.entry(t.plural.clone()).or_insert(0) += 1;
+        }
         match (method, &t.name) {
             (&Method::GET, None) => self.list(&t, query),
             (&Method::GET, Some(name)) => match self.objects.get(&self.key(&t, name)) {
@@ -670,7 +754,7 @@ impl Store {
             merge_patch(&mut body, &json!({"metadata": {"namespace": t.namespace}}));
         }
         self.stamp_new(&mut body);
-        self.objects.insert(key, body.clone());
+        self.put(key, body.clone(), "ADDED");
         respond(StatusCode::CREATED, &body)
     }
 
@@ -786,7 +870,7 @@ impl Store {
                     &json!({"metadata": {"name": name, "namespace": if t.namespace.is_empty() { Value::Null } else { Value::String(t.namespace.clone()) }, "resourceVersion": null}}),
                 );
                 self.stamp_new(&mut new);
-                self.objects.insert(key, new.clone());
+                self.put(key, new.clone(), "ADDED");
                 self.applied.insert(akey, applied);
                 return respond(StatusCode::CREATED, &new);
             };
@@ -849,9 +933,10 @@ impl Store {
             let out = self.commit(key, &stored, new);
             return respond(StatusCode::OK, &out);
         }
-        self.objects.remove(&key);
-        self.applied.retain(|(k, _, _), _| k != &key);
-        self.next_rv();
+        let rv = self.next_rv();
+        let mut last = stored.clone();
+        merge_patch(&mut last, &json!({"metadata": {"resourceVersion": rv}}));
+        self.remove(&key, last);
         respond(StatusCode::OK, &stored)
     }
 }
@@ -878,8 +963,8 @@ fn merge_apply(target: &mut Value, applied: &Value) {
 }
 
 impl tower::Service<Request<kube::client::Body>> for FakeApi {
-    type Response = Response<Full<Bytes>>;
-    type Error = std::convert::Infallible;
+    type Response = Response<FakeBody>;
+    type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -897,23 +982,193 @@ impl tower::Service<Request<kube::client::Body>> for FakeApi {
                         StatusCode::BAD_REQUEST,
                         "BadRequest",
                         format!("body: {e}"),
-                    ));
+                    )
+                    .map(BodyExt::boxed_unsync));
                 }
             };
-            let ct = parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            Ok(this.handle(
-                &parts.method,
-                parts.uri.path(),
-                parts.uri.query().unwrap_or_default(),
-                &ct,
-                &bytes,
-            ))
+            Ok(this.serve(&parts, &bytes))
         })
+    }
+}
+
+/// `true` when the client asked for metadata-only objects (`metadata_watcher`).
+fn wants_metadata(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+/// `obj` reduced to its metadata, as `PartialObjectMetadata`.
+fn metadata_only(obj: &Value) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadata",
+        "metadata": obj.get("metadata").cloned().unwrap_or(Value::Null),
+    })
+}
+
+impl FakeApi {
+    /// Serves one request given its head and whole body: a watch when `watch=true|1`,
+    /// otherwise [`FakeApi::handle`].
+    pub fn serve(&self, parts: &http::request::Parts, body: &[u8]) -> Response<FakeBody> {
+        let query = parts.uri.query().unwrap_or_default();
+        let meta = wants_metadata(&parts.headers);
+        if parts.method == Method::GET
+            && matches!(query_param(query, "watch").as_deref(), Some("true" | "1"))
+            && let Some(t) = parse_path(parts.uri.path())
+        {
+            self.lock().requests += 1;
+            return self.watch(t, query, meta);
+        }
+        let ct = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let resp = self.handle(&parts.method, parts.uri.path(), query, ct, body);
+        if meta && parts.method == Method::GET && resp.status() == StatusCode::OK {
+            return Self::reduce_to_metadata(resp);
+        }
+        resp.map(BodyExt::boxed_unsync)
+    }
+
+    fn reduce_to_metadata(resp: Response<Full<Bytes>>) -> Response<FakeBody> {
+        let (parts, body) = resp.into_parts();
+        // A `Full` body is ready at once.
+        let bytes = futures::FutureExt::now_or_never(body.collect())
+            .and_then(Result::ok)
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+            return Response::from_parts(parts, Full::new(bytes).boxed_unsync());
+        };
+        if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
+            for i in items.iter_mut() {
+                *i = metadata_only(i);
+            }
+            v["kind"] = "PartialObjectMetadataList".into();
+            v["apiVersion"] = "meta.k8s.io/v1".into();
+        } else {
+            v = metadata_only(&v);
+        }
+        Response::from_parts(parts, Full::new(Bytes::from(v.to_string())).boxed_unsync())
+    }
+
+    /// A watch stream of the objects `t` names, from the query's `resourceVersion` (none or
+    /// `0`: every current object as `ADDED` first), until `timeoutSeconds` (default 300 s).
+    fn watch(&self, t: Target, query: &str, meta: bool) -> Response<FakeBody> {
+        let reqs = query_param(query, "labelSelector")
+            .map(|s| parse_selector(&s))
+            .unwrap_or_default();
+        let timeout = query_param(query, "timeoutSeconds")
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(300);
+        let from = query_param(query, "resourceVersion")
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        let matches = move |key: &Key, obj: &Value| {
+            key.0 == t.group_version
+                && key.1 == t.plural
+                && (t.namespace.is_empty() || key.2 == t.namespace)
+                && t.name.as_ref().is_none_or(|n| &key.3 == n)
+                && selects(&reqs, obj)
+        };
+        let line = move |kind: &str, obj: &Value| {
+            let object = if meta {
+                metadata_only(obj)
+            } else {
+                obj.clone()
+            };
+            let mut l = json!({"type": kind, "object": object}).to_string();
+            l.push('\n');
+            Bytes::from(l)
+        };
+        // What is already there: every current object (`from` 0) or the changes after `from`.
+        let (pending, seen) = {
+            let s = self.lock();
+            if from == 0 {
+                let now = s
+                    .objects
+                    .iter()
+                    .filter(|(k, v)| matches(k, v))
+                    .map(|(_, v)| line("ADDED", v))
+                    .collect::<VecDeque<_>>();
+                (now, s.resource_version)
+            } else if from < s.forgotten {
+                let gone = json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("too old resource version: {from} ({})", s.forgotten + 1),
+                    "reason": "Expired", "code": 410,
+                });
+                let mut l = json!({"type": "ERROR", "object": gone}).to_string();
+                l.push('\n');
+                let body = Full::new(Bytes::from(l)).boxed_unsync();
+                return Response::new(body);
+            } else {
+                (VecDeque::new(), from)
+            }
+        };
+        let state = WatchState {
+            pending,
+            seen,
+            store: self.store.clone(),
+            version: self.version.subscribe(),
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(timeout),
+            matches: Box::new(matches),
+            line: Box::new(line),
+        };
+        let frames = futures::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(l) = st.next_line() {
+                    return Some((Ok(hyper::body::Frame::data(l)), st));
+                }
+                tokio::select! {
+                    r = st.version.changed() => if r.is_err() { return None },
+                    () = tokio::time::sleep_until(st.deadline) => return None,
+                }
+            }
+        });
+        Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(StreamBody::new(frames).boxed_unsync())
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed_unsync()))
+    }
+}
+
+/// What a watch stream still has to send and where it is in the event log.
+struct WatchState {
+    pending: VecDeque<Bytes>,
+    /// Changes up to this `resourceVersion` were looked at.
+    seen: u64,
+    store: Arc<Mutex<Store>>,
+    version: tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+    matches: Box<Matches>,
+    line: Box<Line>,
+}
+
+/// Whether a stored object belongs to a watch.
+type Matches = dyn Fn(&Key, &Value) -> bool + Send;
+/// An event as the line a watch sends.
+type Line = dyn Fn(&str, &Value) -> Bytes + Send;
+
+impl WatchState {
+    /// The next event line: a pending one, else one of the changes after `seen`.
+    fn next_line(&mut self) -> Option<Bytes> {
+        if self.pending.is_empty() {
+            // Marked seen before reading, so a write after the read wakes the stream.
+            self.version.borrow_and_update();
+            let s = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            let start = s.events.partition_point(|c| c.rv <= self.seen);
+            for c in s.events.range(start..) {
+                if (self.matches)(&c.key, &c.object) {
+                    self.pending.push_back((self.line)(c.kind, &c.object));
+                }
+            }
+            self.seen = s.resource_version;
+        }
+        self.pending.pop_front()
     }
 }
 
@@ -929,6 +1184,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::ResourceExt;
     use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
     use std::collections::BTreeMap;
 
@@ -1038,5 +1294,107 @@ mod tests {
         .await
         .unwrap();
         assert!(api.get_opt("b").await.unwrap().is_none());
+    }
+
+    /// Watches stream every change after the listed version, honour label selectors and
+    /// metadata-only requests, and answer `410 Expired` from before the retained log.
+    #[tokio::test]
+    async fn watches_follow_changes_and_expire() {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, reflector, watcher};
+        let fake = FakeApi::new();
+        fake.insert("configmaps", &cm("a", &[("app", "x")]));
+        fake.insert("configmaps", &cm("other", &[("app", "y")]));
+        let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns");
+        let (cms, writer) = reflector::store();
+        tokio::spawn(
+            watcher(api.clone(), watcher::Config::default().labels("app=x"))
+                .reflect(writer)
+                .for_each(|_| async {}),
+        );
+        let (metas, meta_writer) = reflector::store();
+        tokio::spawn(
+            watcher(
+                Api::<kube::core::PartialObjectMeta<ConfigMap>>::namespaced(fake.client(), "ns"),
+                watcher::Config::default(),
+            )
+            .reflect(meta_writer)
+            .for_each(|_| async {}),
+        );
+        cms.wait_until_ready().await.unwrap();
+        metas.wait_until_ready().await.unwrap();
+        let names = |s: &reflector::Store<ConfigMap>| {
+            let mut n: Vec<String> = s.state().iter().map(|c| c.name_any()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&cms), ["a"]);
+
+        api.create(&PostParams::default(), &cm("b", &[("app", "x")]))
+            .await
+            .unwrap();
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"a": "2"}})),
+        )
+        .await
+        .unwrap();
+        api.delete("other", &DeleteParams::default()).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let a = cms.get(&reflector::ObjectRef::new("a").within("ns"));
+            if names(&cms) == ["a", "b"]
+                && a.is_some_and(|a| a.data.as_ref().unwrap()["a"] == "2")
+                && metas.state().len() == 2
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?} {}",
+                names(&cms),
+                metas.state().len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Metadata only: the data never reaches a metadata watch.
+        let m: Vec<_> = metas.state();
+        assert!(m.iter().all(|p| p.metadata.name.is_some()));
+        let listed = api.list_metadata(&ListParams::default()).await.unwrap();
+        assert_eq!(listed.items.len(), 2);
+        let raw = fake.serve(
+            &http::Request::get("/api/v1/namespaces/ns/configmaps/a")
+                .header(
+                    "accept",
+                    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+                )
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0,
+            b"",
+        );
+        let body = raw.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["kind"], "PartialObjectMetadata");
+        assert!(v.get("data").is_none(), "{v}");
+
+        // A version older than the log: 410 in the stream.
+        fake.lock().forgotten = 100;
+        let gone = fake.serve(
+            &http::Request::get("/api/v1/namespaces/ns/configmaps?watch=true&resourceVersion=3")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0,
+            b"",
+        );
+        let body = gone.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["object"]["code"].as_u64()),
+            (Some("ERROR"), Some(410))
+        );
     }
 }

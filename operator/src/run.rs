@@ -8,7 +8,7 @@
 
 use crate::alerts;
 use crate::controller::verifier::HttpVerifier;
-use crate::controller::{self, Context, Error, gate, policy};
+use crate::controller::{self, Caches, Context, Error, gate, policy};
 use crate::crd::{CoherencePolicy, DEFAULT_VERIFIER_ENDPOINT, FinOpsGate};
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
@@ -26,11 +26,12 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::DynamicObject;
-use kube::core::{DeserializeGuard, SelectorExt};
+use kube::core::{DeserializeGuard, PartialObjectMeta, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::wait::Condition;
-use kube::runtime::{conditions, wait::await_condition, watcher};
+use kube::runtime::{WatchStreamExt, conditions, wait::await_condition, watcher};
 use kube::{Api, ResourceExt};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
@@ -356,9 +357,12 @@ async fn lead(
     let mut ctx = Context::new(client.clone(), Arc::new(verifier), metrics, Some(identity));
     ctx.resync = args.resync;
     ctx.prometheus_rules = prometheus_rules_served(&crds).await;
+    let (pods, pod_writer) = reflector::store_shared(CACHE_BUFFER);
+    let (deployments, deployment_writer) = reflector::store_shared(CACHE_BUFFER);
+    ctx.caches = Some(Caches { pods, deployments });
     let ctx = Arc::new(ctx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let controllers = run_controllers(client, ctx, shutdown_rx);
+    let controllers = run_controllers(client, ctx, (pod_writer, deployment_writer), shutdown_rx);
     tokio::pin!(controllers);
 
     tokio::select! {
@@ -467,7 +471,50 @@ fn gate_error(obj: Arc<DeserializeGuard<FinOpsGate>>, e: &Error, ctx: Arc<Contex
     ctx.retry(gate::CONTROLLER, &controller::object_key(obj.as_ref()), e)
 }
 
-async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::Receiver<bool>) {
+/// Events a shared cache buffers for each controller that follows it.
+const CACHE_BUFFER: usize = 1024;
+
+/// Pods and Deployments are watched once, into the caches the reconcilers read
+/// ([`Caches`]), and the same streams trigger the controllers. Pods are watched as metadata;
+/// `managedFields` and the last-applied annotation are dropped before caching.
+async fn run_controllers(
+    client: kube::Client,
+    ctx: Arc<Context>,
+    (pod_writer, deployment_writer): (Writer<PartialObjectMeta<Pod>>, Writer<Deployment>),
+    stop: watch::Receiver<bool>,
+) {
+    let (Some(pod_events), Some(deployment_events), Some(gate_deployment_events)) = (
+        pod_writer.subscribe(),
+        deployment_writer.subscribe(),
+        deployment_writer.subscribe(),
+    ) else {
+        tracing::error!("shared caches cannot be followed");
+        return;
+    };
+    let pod_feed = watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect_shared(pod_writer)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "pod watch");
+        }
+    });
+    let deployment_feed = watcher(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect_shared(deployment_writer)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "deployment watch");
+        }
+    });
     let managed =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=coherence-operator");
     let policies = Controller::new(
@@ -500,25 +547,19 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
     };
     let policies = policies
         // Pods come and go (injected or not): re-count for the policies selecting them.
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            move |pod| policies_selecting(&pod_store, pod.namespace().as_deref(), pod.labels()),
-        )
+        .watches_shared_stream(pod_events, move |pod| {
+            policies_selecting(&pod_store, pod.namespace().as_deref(), pod.labels())
+        })
         // A Deployment appears, changes its template, or is paused by someone else.
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |d| {
-                let labels = d
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.metadata.as_ref())
-                    .and_then(|m| m.labels.clone())
-                    .unwrap_or_default();
-                policies_selecting(&deploy_store, d.namespace().as_deref(), &labels)
-            },
-        )
+        .watches_shared_stream(deployment_events, move |d| {
+            let labels = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            policies_selecting(&deploy_store, d.namespace().as_deref(), &labels)
+        })
         .graceful_shutdown_on(until(stop.clone()))
         .run(reconcile_policy, policy_error, ctx.clone())
         .for_each(|r| async move {
@@ -542,20 +583,16 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
         gates
     };
     let gates = gates
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |d| {
-                let (ns, name) = (d.namespace(), d.name_any());
-                gate_store
-                    .state()
-                    .iter()
-                    .filter(|g| g.namespace() == ns)
-                    .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
-                    .map(|g| ObjectRef::from_obj(g.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(gate_deployment_events, move |d| {
+            let (ns, name) = (d.namespace(), d.name_any());
+            gate_store
+                .state()
+                .iter()
+                .filter(|g| g.namespace() == ns)
+                .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
+                .map(|g| ObjectRef::from_obj(g.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(until(stop))
         .run(reconcile_gate, gate_error, ctx)
         .for_each(|r| async move {
@@ -563,7 +600,20 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
                 tracing::debug!(error = %e, "gate controller");
             }
         });
-    futures::future::join(policies, gates).await;
+    // The feeds run until the controllers have stopped.
+    let controllers = futures::future::join(policies, gates);
+    let feeds = futures::future::join(pod_feed, deployment_feed);
+    tokio::pin!(feeds);
+    futures::future::select(Box::pin(controllers), feeds).await;
+}
+
+/// Drops what a cached object does not need: `managedFields` and the last-applied
+/// configuration `kubectl apply` keeps (often the largest part of an object).
+fn slim<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+    if let Some(a) = o.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// The admin router: `/metrics` (Prometheus text) and `/healthz`.

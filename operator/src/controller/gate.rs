@@ -85,8 +85,17 @@ async fn read_target(
     let c = ctx.client.clone();
     match t.kind {
         TargetKind::Deployment => {
-            let api: Api<Deployment> = Api::namespaced(c.clone(), ns);
-            let Some(d) = ignore_not_found(api.get(&t.name).await)? else {
+            let d = match &ctx.caches {
+                Some(caches) => {
+                    caches.ready().await?;
+                    caches.deployment(ns, &t.name)
+                }
+                None => {
+                    let api: Api<Deployment> = Api::namespaced(c.clone(), ns);
+                    ignore_not_found(api.get(&t.name).await)?
+                }
+            };
+            let Some(d) = d else {
                 return Ok(Err(format!("Deployment {} not found", t.name)));
             };
             let Some(spec) = d.spec.clone() else {

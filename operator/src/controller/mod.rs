@@ -16,10 +16,14 @@ pub mod verifier;
 mod scenarios;
 
 use crate::metrics::Metrics;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::{PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,6 +57,9 @@ pub enum Error {
     /// Adding or removing the finalizer failed, or the cleanup did.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// A watched cache stopped (the process is shutting down).
+    #[error("the {0} cache stopped")]
+    Cache(&'static str),
 }
 
 impl Error {
@@ -62,6 +69,7 @@ impl Error {
         match self {
             Error::Build(e) => e.metric_label(),
             Error::Kube(_) => "kube",
+            Error::Cache(_) => "cache",
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
                 _ => "finalizer",
@@ -76,12 +84,62 @@ impl Error {
         match self {
             Error::Build(e) => e.is_permanent(),
             Error::Kube(kube::Error::Api(s)) => s.code == 400 || s.code == 422,
-            Error::Kube(_) => false,
+            Error::Kube(_) | Error::Cache(_) => false,
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_permanent(),
                 _ => false,
             },
         }
+    }
+}
+
+/// Reflector stores of what the reconcilers read on every pass, filled by watches: pods as
+/// metadata only (labels and the injection annotation are all the count needs) and
+/// Deployments without their `managedFields`.
+#[derive(Clone)]
+pub struct Caches {
+    /// Every pod's metadata.
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Every Deployment.
+    pub deployments: Store<Deployment>,
+}
+
+impl Caches {
+    /// Waits until both caches hold a complete first list (reads before that would see an
+    /// empty cluster, and the reconciler would delete what it owns).
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.pods
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::Cache("pod"))?;
+        self.deployments
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::Cache("deployment"))
+    }
+
+    /// Metadata of the pods of `ns` whose labels `selector` matches.
+    pub fn pods(&self, ns: &str, selector: &Selector) -> Vec<Arc<PartialObjectMeta<Pod>>> {
+        self.pods.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && selector.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
+        })
+    }
+
+    /// The Deployments of `ns`.
+    pub fn deployments(&self, ns: &str) -> Vec<Deployment> {
+        self.deployments
+            .state_filter(|d| d.metadata.namespace.as_deref() == Some(ns))
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect()
+    }
+
+    /// One Deployment.
+    pub fn deployment(&self, ns: &str, name: &str) -> Option<Deployment> {
+        self.deployments
+            .get(&ObjectRef::new(name).within(ns))
+            .map(Arc::unwrap_or_clone)
     }
 }
 
@@ -103,6 +161,9 @@ pub struct Context {
     /// The `monitoring.coreos.com/v1` PrometheusRule kind exists: each policy and gate gets
     /// its alerting rules (`crate::alerts`). `run` sets it after looking the CRD up.
     pub prometheus_rules: bool,
+    /// Watched caches the read stage uses instead of listing through the API (`run` sets
+    /// them; without them every read is a request).
+    pub caches: Option<Caches>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -138,6 +199,7 @@ impl Context {
             resync: Duration::from_secs(60),
             clock: None,
             prometheus_rules: false,
+            caches: None,
             failures: Mutex::default(),
         }
     }

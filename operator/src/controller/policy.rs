@@ -1,8 +1,9 @@
 //! The CoherencePolicy reconciler.
 //!
-//! - **Read**: the pods the selector matches in the policy's namespace (injected ones carry
-//!   `coherence.dev/injected: <policy>`, or the sidecar container), the namespace's Deployments, the objects the policy
-//!   owns, and the verifier's summary of each target workload.
+//! - **Read**: the metadata of the pods the selector matches in the policy's namespace
+//!   (injected ones carry `coherence.dev/injected: <policy>`, set by the webhook and by
+//!   `inject`), the namespace's Deployments — both from the watched caches under `run` — the
+//!   objects the policy owns, and the verifier's summary of each target workload.
 //! - **Targets** are the Deployments of the namespace whose *pod template* labels the selector
 //!   matches. Chosen over "owners of the matched pods through their ReplicaSets": one list
 //!   instead of a walk per pod, and a Deployment scaled to zero or not yet rolled out is still
@@ -40,7 +41,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
+use kube::core::{PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -88,25 +89,39 @@ struct Observed {
     workloads: Result<Vec<WorkloadSummary>, String>,
 }
 
-// The webhook's own test: the sidecar container is there or the pod carries the annotation
-// (whose value names the policy that injected it).
-fn is_injected(pod: &Pod) -> bool {
-    crate::inject::is_injected(pod)
+// A pod counts as injected when it carries the annotation the webhook (and `inject`) sets;
+// its value names the policy that injected it. Metadata is all the count reads.
+fn is_injected(meta: &kube::api::ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(crate::inject::INJECTED_ANNOTATION))
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 async fn observe(ns: &str, selector: &Selector, ctx: &Context) -> Result<Observed, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let pods = pods
-        .list(&ListParams::default().labels_from(selector))
-        .await?
-        .items;
-    let matched_pods = u32::try_from(pods.len()).unwrap_or(u32::MAX);
-    let injected_pods =
-        u32::try_from(pods.iter().filter(|p| is_injected(p)).count()).unwrap_or(u32::MAX);
-    drop(pods);
-
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let deployments = deployments.list(&ListParams::default()).await?.items;
+    // From the watched caches when `run` keeps them, else by listing.
+    let (matched_pods, injected_pods, deployments) = match &ctx.caches {
+        Some(c) => {
+            c.ready().await?;
+            let pods = c.pods(ns, selector);
+            let injected = pods.iter().filter(|p| is_injected(&p.metadata)).count();
+            (count(pods.len()), count(injected), c.deployments(ns))
+        }
+        None => {
+            let pods: Api<PartialObjectMeta<Pod>> = Api::namespaced(ctx.client.clone(), ns);
+            let pods = pods
+                .list(&ListParams::default().labels_from(selector))
+                .await?
+                .items;
+            let injected = pods.iter().filter(|p| is_injected(&p.metadata)).count();
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+            let deployments = deployments.list(&ListParams::default()).await?.items;
+            (count(pods.len()), count(injected), deployments)
+        }
+    };
     let targets: Vec<Target> = deployments
         .iter()
         .filter_map(|d| {

@@ -2,16 +2,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::verifier::StaticVerifier;
-use super::{Context, gate, policy};
+use super::{Caches, Context, gate, policy};
 use crate::crd::{CoherencePolicy, FinOpsGate};
 use crate::fake::{FakeApi, Write};
 use crate::metrics::Metrics;
 use crate::verifier::{
     FinopsSample, FinopsSummary, IncidentSummary, PodSummary, VetoSummary, WorkloadSummary,
 };
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -95,6 +100,44 @@ impl World {
             verifier,
             ctx: Arc::new(ctx),
         }
+    }
+
+    /// The same world, read through watched caches as `run` reads it.
+    fn with_caches() -> World {
+        let mut w = Self::build(false);
+        let client = w.fake.client();
+        let (pods, pod_writer) = reflector::store();
+        let (deployments, deployment_writer) = reflector::store();
+        tokio::spawn(
+            watcher(
+                Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .reflect(pod_writer)
+            .for_each(|_| async {}),
+        );
+        tokio::spawn(
+            watcher(Api::<Deployment>::all(client), watcher::Config::default())
+                .reflect(deployment_writer)
+                .for_each(|_| async {}),
+        );
+        Arc::get_mut(&mut w.ctx).unwrap().caches = Some(Caches { pods, deployments });
+        w
+    }
+
+    /// Reconciles until `done` holds of the policy's status (the caches follow watches).
+    async fn reconcile_until(&self, what: &str, done: impl Fn(&Value) -> bool) {
+        for _ in 0..200 {
+            self.reconcile_policy().await.unwrap();
+            let p = self
+                .obj("coherence.dev/v1alpha1", "coherencepolicies", "web")
+                .unwrap();
+            if done(&p["status"]) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("{what}: not reached");
     }
 
     fn policies(&self) -> Api<CoherencePolicy> {
@@ -688,4 +731,63 @@ async fn a_gate_gets_its_prometheus_rule_and_loses_it_on_delete() {
             .is_none()
     );
     assert_eq!(w.fake.names(RULES.0, RULES.1, NS), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn cached_reads_count_like_listing_and_follow_the_watches() {
+    let w = World::with_caches();
+    w.settle_policy().await;
+    let st = w
+        .obj("coherence.dev/v1alpha1", "coherencepolicies", "web")
+        .unwrap()["status"]
+        .clone();
+    assert_eq!(
+        (st["matchedPods"].clone(), st["injectedPods"].clone()),
+        (json!(2), json!(1))
+    );
+    assert!(
+        w.obj(
+            "autoscaling/v2",
+            "horizontalpodautoscalers",
+            "coherence-web-web"
+        )
+        .is_some()
+    );
+    // Steady passes read pods and Deployments from the caches only.
+    let (pods, deployments) = (w.fake.reads_of("pods"), w.fake.reads_of("deployments"));
+    w.fake.clear_writes();
+    w.reconcile_policy().await.unwrap();
+    assert_eq!(w.fake.writes(), vec![]);
+    assert_eq!(
+        (w.fake.reads_of("pods"), w.fake.reads_of("deployments")),
+        (pods, deployments),
+        "no list through the API"
+    );
+
+    // A new injected pod: seen once the watch delivers it.
+    w.fake.insert("pods", &pod("web-3", true));
+    w.reconcile_until("three pods, two injected", |st| {
+        st["matchedPods"] == json!(3) && st["injectedPods"] == json!(2)
+    })
+    .await;
+
+    // The Deployment goes: its protection goes with it.
+    Api::<Deployment>::namespaced(w.fake.client(), NS)
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        w.reconcile_policy().await.unwrap();
+        if w.obj(
+            "autoscaling/v2",
+            "horizontalpodautoscalers",
+            "coherence-web-web",
+        )
+        .is_none()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the HPA of a deleted Deployment was not removed");
 }

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""The operator's own process against 2,000 CoherencePolicies: its resident set and the time
+per reconcile, measured on the real `coherence-operator run` binary.
+
+Method: the fake API server of the tests (`operator/examples/fake_apiserver.rs`) runs as its
+own process over plain HTTP, seeded with N policies (default 2,000) in 50 namespaces, each
+selecting a Deployment with two pods; a real verifier runs with `--insecure-dev`. The operator
+is started with a kubeconfig pointing at the fake, so it does everything it does in a
+cluster: waits for the CRDs, takes the Lease, watches policies, gates, Pods (metadata),
+Deployments and the owned kinds, serves the webhook, reconciles. We wait until every policy's
+`status.observedGeneration` equals its generation (time to converge), then sample the
+operator's `VmRSS` once a second for the steady phase (`--resync`, default 20 s, so every
+policy is reconciled again while sampling) and read `VmHWM` (peak) at the end. Time per
+reconcile comes from the operator's own histogram
+`coherence_reconcile_duration_seconds{controller="coherencepolicy"}` (sum / count).
+
+    make bench-operator-rss          # or: python3 bench/operator.py --policies 2000
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.load(r)
+
+
+def wait_http(url, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout} s")
+
+
+def converged(api, n):
+    items = get_json(f"{api}/apis/coherence.dev/v1alpha1/coherencepolicies")["items"]
+    done = sum(
+        1
+        for p in items
+        if p.get("status", {}).get("observedGeneration") == p["metadata"].get("generation")
+    )
+    return done, len(items)
+
+
+def reconcile_stats(metrics_url):
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    vals = {}
+    for suffix in ("sum", "count"):
+        m = re.search(
+            r'^coherence_reconcile_duration_seconds_%s\{controller="coherencepolicy"\} (\S+)' % suffix,
+            text,
+            re.M,
+        )
+        vals[suffix] = float(m.group(1)) if m else 0.0
+    return vals["sum"], vals["count"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--policies", type=int, default=2000)
+    ap.add_argument("--steady-seconds", type=int, default=30)
+    ap.add_argument("--resync", default="20s")
+    ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args()
+
+    if not a.no_build:
+        for cmd in (
+            ["cargo", "build", "--release", "--locked", "-p", "coherence-operator", "--bin", "coherence-operator"],
+            ["cargo", "build", "--release", "--locked", "-p", "coherence-verifier"],
+            ["cargo", "build", "--release", "--locked", "-p", "coherence-operator", "--features", "fake", "--example", "fake_apiserver"],
+        ):
+            subprocess.run(cmd, cwd=ROOT, check=True)
+    rel = os.path.join(a.target_dir, "release")
+    procs = []
+    tmp = tempfile.mkdtemp(prefix="coherence-bench-operator-")
+    try:
+        fake = subprocess.Popen(
+            [os.path.join(rel, "examples", "fake_apiserver"), "--listen", "127.0.0.1:0", "--policies", str(a.policies)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        procs.append(fake)
+        line = fake.stdout.readline().strip()
+        api = line.split()[-1]
+        vport, vadmin = free_port(), free_port()
+        verifier = subprocess.Popen(
+            [os.path.join(rel, "coherence-verifier"), "serve", "--insecure-dev",
+             "--listen", f"127.0.0.1:{vport}", "--admin-listen", f"127.0.0.1:{vadmin}",
+             "--wal-dir", os.path.join(tmp, "wal")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        procs.append(verifier)
+        wait_http(f"http://127.0.0.1:{vadmin}/readyz")
+        kubeconfig = os.path.join(tmp, "kubeconfig")
+        with open(kubeconfig, "w") as f:
+            f.write(
+                "apiVersion: v1\nkind: Config\n"
+                f"clusters:\n- name: fake\n  cluster:\n    server: {api}\n"
+                "users:\n- name: bench\n  user: {}\n"
+                "contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: bench\n"
+                "current-context: fake\n"
+            )
+        mport, wport = free_port(), free_port()
+        env = dict(os.environ, KUBECONFIG=kubeconfig, RUST_LOG="warn")
+        started = time.time()
+        op = subprocess.Popen(
+            [os.path.join(rel, "coherence-operator"), "run",
+             "--verifier-endpoint", f"http://127.0.0.1:{vport}",
+             "--metrics-listen", f"127.0.0.1:{mport}",
+             "--webhook-listen", f"127.0.0.1:{wport}",
+             "--lease-namespace", "coherence", "--identity", "bench-0",
+             "--resync", a.resync],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "operator.log"), "w"),
+        )
+        procs.append(op)
+        done, total = 0, a.policies
+        while done < total:
+            if op.poll() is not None:
+                sys.stderr.write(open(os.path.join(tmp, "operator.log")).read()[-4000:])
+                raise SystemExit(f"the operator exited with {op.returncode}")
+            if time.time() - started > 900:
+                raise SystemExit(f"not converged after 900 s: {done}/{total}")
+            time.sleep(1)
+            done, total = converged(api, a.policies)
+        converge_s = time.time() - started
+        sum0, count0 = reconcile_stats(f"http://127.0.0.1:{mport}/metrics")
+        samples = []
+        for _ in range(a.steady_seconds):
+            samples.append(proc_kib(op.pid, "VmRSS:"))
+            time.sleep(1)
+        peak = proc_kib(op.pid, "VmHWM:")
+        sum1, count1 = reconcile_stats(f"http://127.0.0.1:{mport}/metrics")
+        objects = len(get_json(f"{api}/api/v1/pods")["items"]) + len(
+            get_json(f"{api}/apis/apps/v1/deployments")["items"]
+        ) + total
+        steady_n = count1 - count0
+        print(f"policies: {total}; watched pods + Deployments + policies: {objects}")
+        print(f"converged (every policy's status observed) in {converge_s:.1f} s after start")
+        print(f"reconciles: {int(count1)}; mean {1000 * sum1 / max(count1, 1):.2f} ms per reconcile overall")
+        if steady_n > 0:
+            print(f"steady phase: {int(steady_n)} reconciles, mean {1000 * (sum1 - sum0) / steady_n:.2f} ms")
+        print(
+            f"operator RSS over {len(samples)} s steady: median {sorted(samples)[len(samples) // 2] / 1024:.2f} MiB, "
+            f"max {max(samples) / 1024:.2f} MiB; peak (VmHWM) {peak / 1024:.2f} MiB"
+        )
+        print("method: real `coherence-operator run` (release) against the fake API server over HTTP in "
+              "its own process; RSS from /proc/PID/status; per-reconcile time from the operator's histogram")
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    main()
