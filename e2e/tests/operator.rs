@@ -29,6 +29,9 @@ const APP: &str = "web";
 /// accepts; copied into the test namespace so the sidecars can report.
 const CLIENT_CERT_ENV: &str = "COHERENCE_E2E_CLIENT_CERT_SECRET";
 const CLIENT_CERT_DEFAULT: &str = "coherence/coherence-sidecar-client";
+/// Where the installed verifier's PCS signing key is (`namespace/name`).
+const PCS_SECRET_ENV: &str = "COHERENCE_E2E_PCS_SECRET";
+const PCS_SECRET_DEFAULT: &str = "coherence/coherence-pcs";
 /// The verifier as the sidecars reach it.
 const VERIFIER_ENV: &str = "COHERENCE_E2E_VERIFIER_ENDPOINT";
 const VERIFIER_DEFAULT: &str = "https://coherence-verifier.coherence.svc:8443";
@@ -119,15 +122,42 @@ where
     .unwrap_or_else(|e| panic!("apply {name}: {e}"))
 }
 
-/// Creates the PCS signing key, and copies the verifier client certificate when the harness
+/// Copies the PCS signing key the installed verifier verifies with (`PCS_SECRET_ENV`, default
+/// `coherence/coherence-pcs`; a fresh random key when there is none, so records are refused
+/// with 401 and signals stay unknown), and the verifier client certificate when the harness
 /// provides one; returns whether it did (without it the sidecars cannot report).
 async fn secrets(client: &Client, ns: &str) -> bool {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let pcs: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "coherence-pcs", "namespace": ns},
-        "stringData": {"PCS_HMAC_KEY": random_suffix(48)},
-    }))
-    .unwrap();
+    let key_source = env_or(PCS_SECRET_ENV, PCS_SECRET_DEFAULT);
+    let Some((key_ns, key_name)) = key_source.split_once('/') else {
+        panic!("{PCS_SECRET_ENV}={key_source}: expected namespace/name");
+    };
+    let installed = Api::<Secret>::namespaced(client.clone(), key_ns)
+        .get_opt(key_name)
+        .await
+        .unwrap_or_else(|e| panic!("reading Secret {key_source}: {e}"));
+    let pcs = match installed {
+        Some(s) => Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("coherence-pcs".into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            data: s.data,
+            ..Default::default()
+        },
+        None => {
+            eprintln!(
+                "e2e: no Secret {key_source} ({PCS_SECRET_ENV}): a random PCS key is used, so \
+                 the verifier refuses the sidecars' records"
+            );
+            serde_json::from_value(json!({
+                "metadata": {"name": "coherence-pcs", "namespace": ns},
+                "stringData": {"PCS_HMAC_KEY": random_suffix(48)},
+            }))
+            .unwrap()
+        }
+    };
     api.create(&PostParams::default(), &pcs).await.unwrap();
 
     let source = env_or(CLIENT_CERT_ENV, CLIENT_CERT_DEFAULT);
