@@ -181,7 +181,34 @@ fn workloads(a: &Args) -> Vec<Workload> {
     healthy.chain(stressed).collect()
 }
 
+/// SIGINT and SIGTERM, taken over from the start so that a signal during startup is not the
+/// default "die now" (which would leave the children and the directory behind) but ends the
+/// demo at its next look.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| CliError::config(format!("demo: cannot watch signals: {e}"));
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            term: signal(SignalKind::terminate()).map_err(err)?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 async fn demo(a: Args, verifier_bin: PathBuf, sidecar_bin: PathBuf) -> CliResult {
+    let mut signals = Signals::install()?;
     let tmp = tempfile::Builder::new()
         .prefix("coherence-demo-")
         .tempdir()
@@ -358,7 +385,7 @@ async fn demo(a: Args, verifier_bin: PathBuf, sidecar_bin: PathBuf) -> CliResult
     let _ = out.flush();
 
     // On an error, dropping `run` stops the children and removes the directory.
-    let interrupted = watch(&a, &api, &mut run, started, &wls).await?;
+    let interrupted = watch(&a, &api, &mut run, started, &wls, &mut signals).await?;
     let summary = summarize(&api, &wls, started.elapsed(), a.speed, interrupted).await;
     let _ = writeln!(out, "{summary}The dashboard was at {admin_url}/ui");
     let _ = out.flush();
@@ -528,10 +555,9 @@ async fn watch(
     run: &mut Running,
     started: Instant,
     wls: &[Workload],
+    signals: &mut Signals,
 ) -> Result<bool, CliError> {
     let tty = std::io::stdout().is_terminal();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| CliError::config(format!("demo: cannot watch SIGTERM: {e}")))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = (!a.duration.is_zero()).then(|| started + a.duration);
@@ -540,8 +566,7 @@ async fn watch(
     let interrupted = loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => break true,
-            _ = term.recv() => break true,
+            _ = signals.recv() => break true,
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break false;
