@@ -117,8 +117,15 @@ fn a_short_demo_prints_a_high_risk_stressed_workload_incidents_and_grades() {
         assert!(pcs[0] >= 10, "PCS accepted for {}: {summary}", r[0]);
         assert_eq!(pcs[2], 0, "nothing rejected: {summary}");
     }
-    // The stressed workload costs more than it serves.
-    assert_eq!(checkout[checkout.len() - 3], "FAIL", "{summary}");
+    // The stressed workload costs more than it serves, and more than the healthy ones.
+    assert!(
+        ["WARN", "FAIL"].contains(&checkout[checkout.len() - 3]),
+        "{summary}"
+    );
+    let fti = |r: &[&str]| -> f64 { r[r.len() - 4].parse().unwrap() };
+    for healthy in ["demo/catalog", "demo/search"] {
+        assert!(fti(&checkout) > fti(&row(healthy)), "{summary}");
+    }
     let incidents: u64 = checkout.last().unwrap().parse().unwrap();
     assert!(incidents >= 1, "{summary}");
 
@@ -127,16 +134,23 @@ fn a_short_demo_prints_a_high_risk_stressed_workload_incidents_and_grades() {
         .split("== Incidents (")
         .nth(1)
         .unwrap_or_else(|| panic!("no incidents section:\n{summary}"));
-    assert!(section.contains("demo/checkout: "), "{section}");
-    assert!(section.contains("compute seizure on cpu"), "{section}");
-    assert!(section.contains("veto recommendation: "), "{section}");
+    // The stressed workload's incident: the cascade told in order, and what to do about it.
+    // (Healthy workloads may show weak findings of their own noise; their risk stays low.)
+    let block = section
+        .split("\n\n")
+        .find(|b| b.trim_start().starts_with("demo/checkout: "))
+        .unwrap_or_else(|| panic!("no incident of demo/checkout:\n{section}"));
+    assert!(block.contains("compute seizure on cpu"), "{block}");
+    let veto = block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("veto recommendation: "))
+        .unwrap_or_else(|| panic!("no veto recommendation:\n{block}"));
     assert!(
         ["shed-load", "circuit-break", "pause-rollout"]
             .iter()
-            .any(|v| section.contains(v)),
-        "{section}"
+            .any(|v| veto.starts_with(v)),
+        "{veto}"
     );
-    assert!(!section.contains("demo/catalog: "), "{section}");
 
     // Everything it made is gone.
     let tmp = stdout

@@ -8,14 +8,15 @@
 //! holds five simulated minutes — five wall seconds at 60× — while epochs close on the wall
 //! clock (every second in the demo).
 //!
-//! The run is a loop of cycles. Each cycle takes a two-hour simulation (phases of 10 minutes,
-//! the storm 7.5) and plays its stretch from [`LEAD_MS`] before the compute seizure to
-//! [`TAIL_MS`] after the stressed hosts crash; the next cycle restarts them. Before the first
-//! cycle, [`BACKFILL_MS`] of calm history is written at once, so the windows are full and the
-//! healthy workloads have a drift risk from the first epoch on.
+//! The healthy hosts come from one simulation that runs on. The stressed hosts run in cycles:
+//! each cycle takes a two-hour simulation (phases of 10 minutes, the storm 7.5) and plays its
+//! stretch from [`LEAD_MS`] before the compute seizure to [`TAIL_MS`] after the stressed hosts
+//! crash; the next cycle restarts them. Before the start, [`BACKFILL_MS`] of calm history is
+//! written at once, so the windows are full and every workload has a drift risk from the first
+//! epoch on.
 
 use coherence_core::sim::{SimConfig, Simulator};
-use coherence_core::telemetry::format_ts_ms;
+use coherence_core::telemetry::TelemetryRecord;
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 pub const STEP_S: u32 = 10;
 /// Simulated hours of each cycle's simulation (the cascade starts at half of it).
 pub const SIM_HOURS: f64 = 2.0;
+/// Simulated hours of the healthy hosts' one simulation (a year: six days of wall time at 60×).
+pub const HEALTHY_HOURS: f64 = 24.0 * 365.0;
 /// Calm time played before the seizure of each cycle.
 pub const LEAD_MS: i64 = 5 * 60_000;
 /// Time played after the stressed hosts crash, before the next cycle restarts them.
@@ -75,13 +78,19 @@ pub struct CycleTimes {
     pub len_ms: i64,
 }
 
-fn sim_config(plan: &FeedPlan, start_ms: i64) -> SimConfig {
+fn sim_config(
+    plan: &FeedPlan,
+    healthy: usize,
+    stressed: usize,
+    hours: f64,
+    start_ms: i64,
+) -> SimConfig {
     SimConfig {
         seed: plan.seed,
-        hours: SIM_HOURS,
+        hours,
         step_s: STEP_S,
-        healthy_hosts: u32::try_from(plan.healthy.len()).unwrap_or(u32::MAX),
-        stressed_hosts: u32::try_from(plan.stressed.len()).unwrap_or(u32::MAX),
+        healthy_hosts: u32::try_from(healthy).unwrap_or(u32::MAX),
+        stressed_hosts: u32::try_from(stressed).unwrap_or(u32::MAX),
         start_ms,
         domain: "demo".into(),
         workload: "demo".into(),
@@ -117,6 +126,59 @@ pub struct FeedStats {
     pub sim_ms: AtomicU64,
 }
 
+/// `(timestamp, target index, line)` of the healthy hosts: one simulation that runs on for as
+/// long as the demo does (healthy pods do not restart when a stressed one crashes).
+fn healthy_records(plan: &FeedPlan) -> impl Iterator<Item = (i64, usize, TelemetryRecord)> {
+    let cfg = sim_config(
+        plan,
+        plan.healthy.len(),
+        0,
+        HEALTHY_HOURS,
+        plan.t0_ms - BACKFILL_MS,
+    );
+    let sim = Simulator::new(cfg).ok();
+    let hosts = sim.as_ref().map(Simulator::host_names).unwrap_or_default();
+    sim.into_iter().flatten().filter_map(move |r| {
+        let i = hosts.iter().position(|h| *h == r.host)?;
+        Some((r.ts_ms().ok()?, i, r))
+    })
+}
+
+/// `(timestamp, target index, line)` of the stressed hosts, cycle after cycle: each cycle a new
+/// simulation whose seizure comes [`LEAD_MS`] after the cycle's start.
+fn stressed_records(plan: &FeedPlan) -> impl Iterator<Item = (i64, usize, TelemetryRecord)> {
+    let times = cycle_times();
+    let half_ms = (SIM_HOURS * 3_600_000.0) as i64 / 2;
+    let offset = plan.healthy.len();
+    let plan = plan.clone();
+    (0i64..).flat_map(move |cycle| {
+        let begin = plan.t0_ms + cycle * times.len_ms;
+        let from = if cycle == 0 {
+            begin - BACKFILL_MS
+        } else {
+            begin
+        };
+        let until = begin + times.len_ms;
+        let cfg = sim_config(
+            &plan,
+            0,
+            plan.stressed.len(),
+            SIM_HOURS,
+            begin + LEAD_MS - half_ms,
+        );
+        let sim = Simulator::new(cfg).ok();
+        let hosts = sim.as_ref().map(Simulator::host_names).unwrap_or_default();
+        sim.into_iter()
+            .flatten()
+            .filter_map(move |r| {
+                let i = hosts.iter().position(|h| *h == r.host)?;
+                Some((r.ts_ms().ok()?, offset + i, r))
+            })
+            .skip_while(move |(ts, _, _)| *ts < from)
+            .take_while(move |(ts, _, _)| *ts < until)
+    })
+}
+
 /// Plays `plan` until `stop` is set; `started` is the wall-clock start the plan's `t0_ms`
 /// stands for. Write errors end the feed and are returned.
 pub fn play(
@@ -130,49 +192,37 @@ pub fn play(
         .iter()
         .map(|t| File::create(&t.path).map(BufWriter::new))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let times = cycle_times();
-    // The simulation's start puts its seizure LEAD_MS after the cycle's start.
-    let half_ms = (SIM_HOURS * 3_600_000.0) as i64 / 2;
+    let mut healthy = healthy_records(plan).peekable();
+    let mut stressed = stressed_records(plan).peekable();
     let mut line = String::with_capacity(320);
-    for cycle in 0i64.. {
-        let begin = plan.t0_ms + cycle * times.len_ms;
-        let from = if cycle == 0 {
-            begin - BACKFILL_MS
-        } else {
-            begin
+    loop {
+        // The two streams, merged in time order.
+        let take_healthy = match (healthy.peek(), stressed.peek()) {
+            (Some(h), Some(s)) => h.0 <= s.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
         };
-        let until = begin + times.len_ms;
-        let sim = Simulator::new(sim_config(plan, begin + LEAD_MS - half_ms))
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let hosts = sim.host_names();
-        for mut rec in sim {
-            let Ok(ts) = rec.ts_ms() else { continue };
-            if ts < from {
-                continue;
-            }
-            if ts >= until {
-                break;
-            }
-            let due =
-                Duration::from_secs_f64(((ts - plan.t0_ms).max(0) as f64) / 1000.0 / plan.speed);
-            if !wait_until(started + due, stop, &mut files)? {
-                return flush_all(&mut files);
-            }
-            let Some(i) = hosts.iter().position(|h| *h == rec.host) else {
-                continue;
-            };
-            rec.host = targets[i].pod.clone();
-            rec.workload = targets[i].workload.clone();
-            rec.ts = format_ts_ms(ts);
-            line.clear();
-            line.push_str(&serde_json::to_string(&rec).map_err(std::io::Error::other)?);
-            line.push('\n');
-            files[i].write_all(line.as_bytes())?;
-            stats.lines.fetch_add(1, Ordering::Relaxed);
-            stats
-                .sim_ms
-                .store(u64::try_from(ts).unwrap_or(0), Ordering::Relaxed);
+        let next = if take_healthy {
+            healthy.next()
+        } else {
+            stressed.next()
+        };
+        let Some((ts, i, mut rec)) = next else { break };
+        let due = Duration::from_secs_f64(((ts - plan.t0_ms).max(0) as f64) / 1000.0 / plan.speed);
+        if !wait_until(started + due, stop, &mut files)? {
+            break;
         }
+        rec.host = targets[i].pod.clone();
+        rec.workload = targets[i].workload.clone();
+        line.clear();
+        line.push_str(&serde_json::to_string(&rec).map_err(std::io::Error::other)?);
+        line.push('\n');
+        files[i].write_all(line.as_bytes())?;
+        stats.lines.fetch_add(1, Ordering::Relaxed);
+        stats
+            .sim_ms
+            .store(u64::try_from(ts).unwrap_or(0), Ordering::Relaxed);
     }
     flush_all(&mut files)
 }
