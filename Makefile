@@ -5,19 +5,19 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/release/coherence
 DEMO_DIR := $(TARGET_DIR)/demo
 
-.PHONY: crds tools manifests all build demo test test-chaos chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator bench-operator-rss clean
+.PHONY: crds tools manifests all build demo test test-chaos test-ui chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator bench-operator-rss clean
 
 all: build
 
+## build: the three binaries in release: coherence, coherence-verifier, coherence-sidecar.
 build:
-	$(CARGO) build --release --locked -p coherence
+	$(CARGO) build --release --locked -p coherence -p coherence-verifier -p coherence-sidecar
 
-## demo: simulate a cascade (seed 42, 6 hours, 3 hosts) and analyze it, printing the incidents.
+## demo: the whole system on this machine for 60 s: a verifier and sidecars over mTLS on
+## loopback, fed by the flight simulator at 60x; the dashboard is at http://127.0.0.1:9102/ui.
+## DEMO_ARGS adds flags, e.g. DEMO_ARGS="--duration 0" (serve until Ctrl-C).
 demo: build
-	@mkdir -p $(DEMO_DIR)
-	$(BIN) simulate --seed 42 --hours 6 --out $(DEMO_DIR)/telemetry.jsonl
-	$(BIN) validate $(DEMO_DIR)/telemetry.jsonl
-	$(BIN) analyze $(DEMO_DIR)/telemetry.jsonl --window 1h --format text
+	$(BIN) demo $(DEMO_ARGS)
 
 ## test: every unit, property, CLI and process test of the workspace, the chart tests (helm from
 ## `make tools`), the doc tests, and a short crash-safety run (the tests of the Redis and
@@ -30,10 +30,19 @@ test: tools
 	fi
 	$(CARGO) test --workspace --locked --doc
 	$(MAKE) test-chaos
+	$(MAKE) test-ui
 
 test-chaos:
 	$(CARGO) build --locked --bins
 	python3 scripts/chaos.py --cycles 8 --bin-dir $(TARGET_DIR)/debug
+
+## test-ui: the dashboard in headless Chromium against `coherence demo` (debug binaries);
+## scripts/install-browser.sh installs Debian's chromium and ui-tests/' playwright-core.
+## Leaves $(TARGET_DIR)/ui-artifacts/dashboard.png.
+test-ui:
+	@test -d ui-tests/node_modules/playwright-core || { echo "ui-tests/node_modules is missing: run scripts/install-browser.sh" >&2; exit 1; }
+	$(CARGO) build --locked -p coherence -p coherence-verifier -p coherence-sidecar
+	COHERENCE_BIN_DIR=$(TARGET_DIR)/debug UI_ARTIFACTS=$(TARGET_DIR)/ui-artifacts node --test ui-tests/dashboard.test.mjs
 
 ## chaos: 1,000 SIGKILL cycles of the verifier under load (about 25 minutes); CHAOS_ARGS adds
 ## flags, e.g. CHAOS_ARGS="--backend redis".

@@ -3,6 +3,7 @@
 mod aes;
 mod analyze;
 mod certs;
+mod demo;
 mod error;
 mod files;
 mod keys;
@@ -19,11 +20,11 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0   success
   1   the check failed: `validate` found invalid lines, `pcs verify` rejected the record,
-      `loadgen` got no answer at all
+      `loadgen` got no answer at all, a process `demo` started exited
   2   usage error (unknown flag, missing argument)
   64  bad configuration: a flag or environment variable has a value that cannot be used
   65  bad input data: a file that must be valid as a whole is not (e.g. the PCS JSON of `pcs sign`)
-  66  an input file cannot be opened or read
+  66  an input file cannot be opened or read (or a binary `demo` runs is missing)
   73  an output file already exists (`certs gen` without --force)
   74  an output file cannot be written";
 
@@ -37,6 +38,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole system on this machine: a verifier and sidecars over mTLS on loopback, fed
+    /// by the flight simulator in accelerated time; serves the dashboard and prints drift risk,
+    /// FinOps grades, incidents with their narratives and veto recommendations.
+    Demo(demo::Args),
     /// Write deterministic flight-simulator telemetry (JSONL): healthy hosts and a stressed host
     /// that goes through a compute seizure, a memory fever, a retry storm and a crash.
     Simulate(simulate::Args),
@@ -65,6 +70,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Simulate(a) => simulate::run(a),
         Command::Analyze(a) => analyze::run(a),
         Command::Validate(a) => validate::run(a),

@@ -1,6 +1,7 @@
 //! HTTP routes. [`app`] is the TLS port (submit and the workload API); [`admin`] is the plain
-//! admin port (`/metrics`, `/healthz`, `/readyz`). Both are plain axum routers, so tests drive
-//! them with `tower::ServiceExt::oneshot`.
+//! admin port (`/metrics`, `/healthz`, `/readyz`, the dashboard at `/ui` and the read-only
+//! workload API it reads). Both are plain axum routers, so tests drive them with
+//! `tower::ServiceExt::oneshot`.
 //!
 //! The caller's identity arrives as a [`Caller`] request extension, put there by the
 //! connection layer from the client certificate (or the insecure-dev identity).
@@ -12,7 +13,7 @@ use crate::metrics::RouteLabels;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -182,9 +183,51 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/v1/workloads", get(list_workloads))
         .route("/v1/workloads/{namespace}/{workload}", get(one_workload))
+        .route(
+            "/v1/workloads/{namespace}/{workload}/history",
+            get(workload_history),
+        )
         .route("/v1/records/{id}", get(record))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// `?limit=N` of the history route.
+#[derive(Debug, serde::Deserialize)]
+pub struct HistoryQuery {
+    /// Newest points to return (default and at most `views::HISTORY_POINTS`).
+    pub limit: Option<usize>,
+}
+
+async fn workload_history(
+    State(state): State<Arc<AppState>>,
+    Path((ns, wl)): Path<(String, String)>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let rid = request_id(&headers);
+    let r = match query {
+        Err(e) => json_response(
+            400,
+            &json!({"error": "malformed", "field": "limit", "expected": "a number of points", "message": e.body_text()}),
+        ),
+        Ok(Query(q)) => match state.ingest.history(&ns, &wl, q.limit) {
+            Some(v) => json_response(200, &v),
+            None => json_response(
+                404,
+                &json!({"error": "not_found", "message": format!("no records for workload {ns}/{wl}")}),
+            ),
+        },
+    };
+    finish(
+        &state,
+        "/v1/workloads/{namespace}/{workload}/history",
+        &rid,
+        "",
+        started,
+        r,
+    )
 }
 
 async fn list_workloads(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -244,8 +287,25 @@ async fn record(
     finish(&state, "/v1/records/{id}", &rid, "", started, r)
 }
 
-/// The admin port's routes.
+/// The admin port's routes: metrics and probes, the dashboard (`/ui`, its embedded assets
+/// under `/ui/assets/`) and the read-only workload API the dashboard reads, so a browser needs
+/// no client certificate. With `METRICS_USER`/`METRICS_PASS` set, the dashboard and the
+/// workload API take the same Basic Auth as `/metrics`.
 pub fn admin(state: Arc<AppState>) -> Router {
+    let guarded = Router::new()
+        .route("/ui", get(crate::ui::index))
+        .route("/ui/", get(crate::ui::index))
+        .route("/ui/assets/{file}", get(crate::ui::asset))
+        .route("/v1/workloads", get(list_workloads))
+        .route("/v1/workloads/{namespace}/{workload}", get(one_workload))
+        .route(
+            "/v1/workloads/{namespace}/{workload}/history",
+            get(workload_history),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_auth,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route(
@@ -253,7 +313,31 @@ pub fn admin(state: Arc<AppState>) -> Router {
             get(|| async { json_response(200, &json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
+        .merge(guarded)
         .with_state(state)
+}
+
+async fn require_auth(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match &state.metrics_auth {
+        Some(auth) if !authorized(auth, req.headers()) => unauthorized(),
+        _ => next.run(req).await,
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            "Basic realm=\"coherence-metrics\"",
+        )],
+        "this route requires Basic Auth (METRICS_USER/METRICS_PASS)\n",
+    )
+        .into_response()
 }
 
 fn authorized(auth: &MetricsAuth, headers: &HeaderMap) -> bool {
@@ -277,15 +361,7 @@ fn authorized(auth: &MetricsAuth, headers: &HeaderMap) -> bool {
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Some(auth) = &state.metrics_auth {
         if !authorized(auth, &headers) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(
-                    header::WWW_AUTHENTICATE,
-                    "Basic realm=\"coherence-metrics\"",
-                )],
-                "metrics require Basic Auth (METRICS_USER/METRICS_PASS)\n",
-            )
-                .into_response();
+            return unauthorized();
         }
     }
     let text = crate::metrics::encode(&state.registry);

@@ -762,6 +762,11 @@ impl Ingest {
         lock(&self.views).summary(ns, wl)
     }
 
+    /// One workload's history (at most `limit` of the newest points).
+    pub fn history(&self, ns: &str, wl: &str, limit: Option<usize>) -> Option<Value> {
+        lock(&self.views).history(ns, wl, limit)
+    }
+
     /// The stored outcome of an id.
     pub async fn lookup(&self, id: &str) -> Result<Option<StoredOutcome>, StoreError> {
         self.store.get(id).await

@@ -1,6 +1,7 @@
 //! `coherence-verifier`: the evidence store every sidecar pushes to — mTLS ingest, an inbox
 //! write-ahead log written before any parsing, verification of PCS and signal reports,
-//! deduplication (memory, Redis, PostgreSQL), the workload summary API and Prometheus metrics.
+//! deduplication (memory, Redis, PostgreSQL), the workload summary API, Prometheus metrics and
+//! the web dashboard.
 
 pub mod api;
 pub mod client;
@@ -10,5 +11,6 @@ pub mod limit;
 pub mod metrics;
 pub mod serve;
 pub mod tls;
+pub mod ui;
 pub mod views;
 pub mod wal;

@@ -1,7 +1,8 @@
 //! What the verifier knows of each workload, built from the records it applied first: the
 //! latest window statistics of every pod, drift risk, detector findings correlated into
-//! incidents, FinOps samples and PCS counts. `GET /v1/workloads` serves it; a restart rebuilds
-//! it from the WAL.
+//! incidents, FinOps samples and PCS counts, and a bounded history of what each applied report
+//! changed (the dashboard's time series). `GET /v1/workloads` serves it; a restart rebuilds it
+//! from the WAL.
 
 use coherence_core::finops::{self, Accumulator, Baseline, LambdaParams, Thresholds};
 use coherence_core::incident::{self, HostFinding, Incident, IncidentConfig};
@@ -19,6 +20,10 @@ pub const MAX_FINDINGS: usize = 10_000;
 pub const MAX_FINOPS: usize = 1_440;
 /// FinOps samples needed before a grade other than UNKNOWN.
 pub const MIN_FINOPS_SAMPLES: u64 = 10;
+/// History points kept per workload (a ring buffer: the oldest is dropped first).
+pub const HISTORY_POINTS: usize = 300;
+/// Window statistics kept per history point (the report's first ones, in its order).
+pub const HISTORY_WINDOWS: usize = 16;
 
 /// `(namespace, workload)`.
 pub type WorkloadKey = (String, String);
@@ -57,6 +62,24 @@ pub struct PcsView {
     pub last: Option<Value>,
 }
 
+/// One point of a workload's history: the state right after one signal report was applied.
+#[derive(Debug, Clone)]
+struct HistoryPoint {
+    at_ms: i64,
+    pod: String,
+    epoch: u64,
+    report_id: String,
+    drift_risk: DriftRisk,
+    windows: Vec<WindowReport>,
+    // Mean FTI of this report's FinOps samples against the baseline in force then.
+    fti: Option<f64>,
+    fti_avg: Option<f64>,
+    grade: Option<finops::Grade>,
+    finops_samples: usize,
+    pcs: [u64; 3],
+    incidents: usize,
+}
+
 /// One workload.
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadView {
@@ -67,6 +90,7 @@ pub struct WorkloadView {
     incident_ids: BTreeSet<String>,
     reports: u64,
     updated_ms: i64,
+    history: VecDeque<HistoryPoint>,
 }
 
 /// Every workload.
@@ -127,16 +151,20 @@ impl WorkloadView {
         incident::correlate(self.findings.iter().cloned().collect(), cfg)
     }
 
-    fn finops_report(&self) -> Option<finops::Report> {
+    fn finops_baseline(&self) -> Option<Baseline> {
         if self.finops.is_empty() {
             return None;
         }
         let col = |f: fn(&FinopsSample) -> f64| -> Vec<f64> { self.finops.iter().map(f).collect() };
-        let baseline = Baseline {
+        Some(Baseline {
             qps: median(&col(|s| s.qps))?,
             latency_p95_ms: median(&col(|s| s.latency_p95_ms))?,
             infra_cost_usd: median(&col(|s| s.infra_cost_usd))?,
-        };
+        })
+    }
+
+    fn finops_report(&self) -> Option<finops::Report> {
+        let baseline = self.finops_baseline()?;
         let mut acc = Accumulator::new(baseline, Thresholds::default()).ok()?;
         for s in &self.finops {
             let _ = acc.push(&finops::Sample {
@@ -146,6 +174,57 @@ impl WorkloadView {
             });
         }
         Some(acc.finish(&LambdaParams::default(), 0.0, MIN_FINOPS_SAMPLES))
+    }
+}
+
+impl WorkloadView {
+    // What the dashboard plots for one applied report. FinOps figures are computed only when
+    // the report brought samples (they change only then); otherwise the previous point's stay.
+    fn history_point(&self, r: &SignalReport, pod: &str, received_ms: i64) -> HistoryPoint {
+        let (fti, fti_avg, grade) = if r.finops.is_empty() {
+            self.history
+                .back()
+                .map_or((None, None, None), |p| (None, p.fti_avg, p.grade))
+        } else {
+            let own = self.finops_baseline().map(|b| {
+                let f: Vec<f64> = r
+                    .finops
+                    .iter()
+                    .filter_map(|s| {
+                        finops::fti(
+                            &finops::Sample {
+                                qps: s.qps,
+                                latency_p95_ms: s.latency_p95_ms,
+                                infra_cost_usd: s.infra_cost_usd,
+                            },
+                            &b,
+                        )
+                        .ok()
+                    })
+                    .collect();
+                (!f.is_empty()).then(|| f.iter().sum::<f64>() / f.len() as f64)
+            });
+            let rep = self.finops_report();
+            (
+                own.flatten(),
+                rep.as_ref().and_then(|x| x.fti_avg),
+                rep.map(|x| x.grade),
+            )
+        };
+        HistoryPoint {
+            at_ms: received_ms,
+            pod: pod.to_owned(),
+            epoch: r.epoch,
+            report_id: r.report_id.clone(),
+            drift_risk: self.worst_risk(),
+            windows: r.windows.iter().take(HISTORY_WINDOWS).cloned().collect(),
+            fti,
+            fti_avg,
+            grade,
+            finops_samples: self.finops.len(),
+            pcs: [self.pcs.accepted, self.pcs.escalated, self.pcs.rejected],
+            incidents: self.incident_ids.len(),
+        }
     }
 }
 
@@ -202,6 +281,8 @@ impl Views {
                 }
             }
         }
+        let point = v.history_point(r, pod, received_ms);
+        push_capped(&mut v.history, point, HISTORY_POINTS);
         changes
     }
 
@@ -308,6 +389,51 @@ impl Views {
                     "finopsLimit": MAX_FINOPS,
                 },
                 "incidentConfig": self.incident_cfg,
+                "engineVersion": coherence_core::ENGINE_VERSION,
+            },
+        }))
+    }
+
+    /// The history of one workload, oldest point first (at most `limit` of the newest points),
+    /// with how each number was made.
+    pub fn history(&self, ns: &str, wl: &str, limit: Option<usize>) -> Option<Value> {
+        let v = self.workloads.get(&(ns.to_owned(), wl.to_owned()))?;
+        let take = limit.unwrap_or(HISTORY_POINTS).min(v.history.len());
+        let points: Vec<Value> = v
+            .history
+            .iter()
+            .skip(v.history.len() - take)
+            .map(|p| {
+                json!({
+                    "at": rfc3339(p.at_ms), "atMs": p.at_ms, "pod": p.pod, "epoch": p.epoch,
+                    "reportId": p.report_id, "driftRisk": p.drift_risk,
+                    "driftRiskLevel": p.drift_risk.level(),
+                    "windows": p.windows.iter().map(|w| json!({
+                        "signal": w.signal, "window": w.window.to_string(), "mean": w.mean,
+                        "stdev": w.stdev, "volatilityIndex": w.volatility_index,
+                        "driftRisk": w.drift_risk, "n": w.n,
+                        "windowStart": rfc3339(w.window_start_ms), "windowEnd": rfc3339(w.window_end_ms),
+                    })).collect::<Vec<_>>(),
+                    "finops": {"fti": p.fti, "ftiAvg": p.fti_avg, "grade": p.grade, "samples": p.finops_samples},
+                    "pcs": {"accepted": p.pcs[0], "escalated": p.pcs[1], "rejected": p.pcs[2]},
+                    "incidents": p.incidents,
+                })
+            })
+            .collect();
+        Some(json!({
+            "namespace": ns,
+            "workload": wl,
+            "points": points,
+            "meta": {
+                "method": "one point per signal report applied first, taken right after it was applied: driftRisk is the workload's worst drift risk then (as in GET /v1/workloads/{namespace}/{workload}); windows are the report's own window statistics (mean, sample stdev, volatilityIndex = stdev/|mean|, over the window ending at windowEnd); finops.fti is the mean FTI of the report's FinOps samples against the baseline then in force (medians of the retained samples), finops.ftiAvg and grade those of every retained sample; pcs and incidents are the workload's running counts",
+                "inputs": {
+                    "retained": v.history.len(),
+                    "returned": take,
+                    "capacity": HISTORY_POINTS,
+                    "windowsPerPointLimit": HISTORY_WINDOWS,
+                },
+                "finopsThresholds": Thresholds::default(),
+                "minFinopsSamples": MIN_FINOPS_SAMPLES,
                 "engineVersion": coherence_core::ENGINE_VERSION,
             },
         }))
