@@ -87,6 +87,7 @@ def reconcile_stats(metrics_url):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)
     ap = argparse.ArgumentParser()
     ap.add_argument("--policies", type=int, default=2000)
     ap.add_argument("--steady-seconds", type=int, default=30)
@@ -98,7 +99,7 @@ def main():
     if not a.no_build:
         for cmd in (
             ["cargo", "build", "--release", "--locked", "-p", "coherence-operator", "--bin", "coherence-operator"],
-            ["cargo", "build", "--release", "--locked", "-p", "coherence-verifier"],
+            ["cargo", "build", "--release", "--locked", "-p", "coherence-verifier", "--bin", "coherence-verifier"],
             ["cargo", "build", "--release", "--locked", "-p", "coherence-operator", "--features", "fake", "--example", "fake_apiserver"],
         ):
             subprocess.run(cmd, cwd=ROOT, check=True)
@@ -118,6 +119,7 @@ def main():
             [os.path.join(rel, "coherence-verifier"), "serve", "--insecure-dev",
              "--listen", f"127.0.0.1:{vport}", "--admin-listen", f"127.0.0.1:{vadmin}",
              "--wal-dir", os.path.join(tmp, "wal")],
+            env=dict(os.environ, PCS_HMAC_KEY="bench-operator-key"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         procs.append(verifier)

@@ -8,7 +8,7 @@
 
 use crate::alerts;
 use crate::controller::verifier::HttpVerifier;
-use crate::controller::{self, Caches, Context, Error, gate, policy};
+use crate::controller::{self, Context, Error, gate, policy};
 use crate::crd::{CoherencePolicy, DEFAULT_VERIFIER_ENDPOINT, FinOpsGate};
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
@@ -26,12 +26,11 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::DynamicObject;
-use kube::core::{DeserializeGuard, PartialObjectMeta, SelectorExt};
+use kube::core::{DeserializeGuard, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::wait::Condition;
-use kube::runtime::{WatchStreamExt, conditions, wait::await_condition, watcher};
+use kube::runtime::{conditions, wait::await_condition, watcher};
 use kube::{Api, ResourceExt};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
@@ -357,12 +356,9 @@ async fn lead(
     let mut ctx = Context::new(client.clone(), Arc::new(verifier), metrics, Some(identity));
     ctx.resync = args.resync;
     ctx.prometheus_rules = prometheus_rules_served(&crds).await;
-    let (pods, pod_writer) = reflector::store_shared(CACHE_BUFFER);
-    let (deployments, deployment_writer) = reflector::store_shared(CACHE_BUFFER);
-    ctx.caches = Some(Caches { pods, deployments });
     let ctx = Arc::new(ctx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let controllers = run_controllers(client, ctx, (pod_writer, deployment_writer), shutdown_rx);
+    let controllers = run_controllers(client, ctx, shutdown_rx);
     tokio::pin!(controllers);
 
     tokio::select! {
@@ -471,56 +467,23 @@ fn gate_error(obj: Arc<DeserializeGuard<FinOpsGate>>, e: &Error, ctx: Arc<Contex
     ctx.retry(gate::CONTROLLER, &controller::object_key(obj.as_ref()), e)
 }
 
-/// Events a shared cache buffers for each controller that follows it.
-const CACHE_BUFFER: usize = 1024;
+/// Reconciles one controller runs at once. Unbounded, a resync of thousands of objects opens
+/// a connection to the API server per reconcile in flight, each with its buffers: at 2,000
+/// policies that was about 800 MB of resident memory.
+const RECONCILE_CONCURRENCY: u16 = 16;
 
-/// Pods and Deployments are watched once, into the caches the reconcilers read
-/// ([`Caches`]), and the same streams trigger the controllers. Pods are watched as metadata;
-/// `managedFields` and the last-applied annotation are dropped before caching.
-async fn run_controllers(
-    client: kube::Client,
-    ctx: Arc<Context>,
-    (pod_writer, deployment_writer): (Writer<PartialObjectMeta<Pod>>, Writer<Deployment>),
-    stop: watch::Receiver<bool>,
-) {
-    let (Some(pod_events), Some(deployment_events), Some(gate_deployment_events)) = (
-        pod_writer.subscribe(),
-        deployment_writer.subscribe(),
-        deployment_writer.subscribe(),
-    ) else {
-        tracing::error!("shared caches cannot be followed");
-        return;
-    };
-    let pod_feed = watcher(
-        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(slim)
-    .reflect_shared(pod_writer)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "pod watch");
-        }
-    });
-    let deployment_feed = watcher(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(slim)
-    .reflect_shared(deployment_writer)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "deployment watch");
-        }
-    });
+fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
+}
+
+async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let managed =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=coherence-operator");
     let policies = Controller::new(
         Api::<DeserializeGuard<CoherencePolicy>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .with_config(controller_config());
     let store = policies.store();
     let pod_store = store.clone();
     let deploy_store = store;
@@ -547,19 +510,25 @@ async fn run_controllers(
     };
     let policies = policies
         // Pods come and go (injected or not): re-count for the policies selecting them.
-        .watches_shared_stream(pod_events, move |pod| {
-            policies_selecting(&pod_store, pod.namespace().as_deref(), pod.labels())
-        })
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            move |pod| policies_selecting(&pod_store, pod.namespace().as_deref(), pod.labels()),
+        )
         // A Deployment appears, changes its template, or is paused by someone else.
-        .watches_shared_stream(deployment_events, move |d| {
-            let labels = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            policies_selecting(&deploy_store, d.namespace().as_deref(), &labels)
-        })
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            move |d| {
+                let labels = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.metadata.as_ref())
+                    .and_then(|m| m.labels.clone())
+                    .unwrap_or_default();
+                policies_selecting(&deploy_store, d.namespace().as_deref(), &labels)
+            },
+        )
         .graceful_shutdown_on(until(stop.clone()))
         .run(reconcile_policy, policy_error, ctx.clone())
         .for_each(|r| async move {
@@ -571,7 +540,8 @@ async fn run_controllers(
     let gates = Controller::new(
         Api::<DeserializeGuard<FinOpsGate>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .with_config(controller_config());
     let gate_store = gates.store();
     let gates = if ctx.prometheus_rules {
         gates.owns_with(
@@ -583,16 +553,20 @@ async fn run_controllers(
         gates
     };
     let gates = gates
-        .watches_shared_stream(gate_deployment_events, move |d| {
-            let (ns, name) = (d.namespace(), d.name_any());
-            gate_store
-                .state()
-                .iter()
-                .filter(|g| g.namespace() == ns)
-                .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
-                .map(|g| ObjectRef::from_obj(g.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            move |d| {
+                let (ns, name) = (d.namespace(), d.name_any());
+                gate_store
+                    .state()
+                    .iter()
+                    .filter(|g| g.namespace() == ns)
+                    .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
+                    .map(|g| ObjectRef::from_obj(g.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(until(stop))
         .run(reconcile_gate, gate_error, ctx)
         .for_each(|r| async move {
@@ -600,20 +574,7 @@ async fn run_controllers(
                 tracing::debug!(error = %e, "gate controller");
             }
         });
-    // The feeds run until the controllers have stopped.
-    let controllers = futures::future::join(policies, gates);
-    let feeds = futures::future::join(pod_feed, deployment_feed);
-    tokio::pin!(feeds);
-    futures::future::select(Box::pin(controllers), feeds).await;
-}
-
-/// Drops what a cached object does not need: `managedFields` and the last-applied
-/// configuration `kubectl apply` keeps (often the largest part of an object).
-fn slim<K: kube::Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
-    if let Some(a) = o.meta_mut().annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
+    futures::future::join(policies, gates).await;
 }
 
 /// The admin router: `/metrics` (Prometheus text) and `/healthz`.
