@@ -74,7 +74,7 @@ bench-operator:
 ## bench-operator-rss: the real `coherence-operator run` against 2,000 policies served by the
 ## fake API in its own process; the operator's RSS and time per reconcile.
 bench-operator-rss:
-	python3 bench/operator.py
+	python3 bench/operator_rss.py
 
 ## bench-sidecar: RSS and CPU of the sidecar beside the Prometheus agent on the same node
 ## exporter (~200 series at 1 Hz, BENCH_SECONDS, default 300), then with a full 2-minute window

@@ -3,7 +3,7 @@
 
 use crate::aes::LineCipher;
 use crate::error::{CliError, CliResult};
-use crate::files::LineReader;
+use crate::files::{Chunk, LineReader};
 use crate::validate::LineChecker;
 use coherence_core::collect::{Analysis, CollectConfig, Collector};
 use coherence_core::detect::ScanSchedule;
@@ -15,7 +15,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::SyncSender;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -159,12 +158,18 @@ fn config(a: &Args) -> Result<CollectConfig, CliError> {
     Ok(cfg)
 }
 
-// Messages from the parsing thread to the collecting one, sent in batches.
-enum Msg {
-    // A new workload/host, numbered from 0 in order of first sight.
-    Entity(String, String),
+// One chunk of lines, parsed: what the collecting thread needs, in file order.
+#[derive(Default)]
+struct Parsed {
+    // Workload/host pairs first seen in this chunk, in order; samples name them by index.
+    names: Vec<(String, String)>,
+    items: Vec<Item>,
+}
+
+enum Item {
     Sample {
         line: u64,
+        // Index into the chunk's `names`.
         entity: usize,
         ts: i64,
         values: [f64; SIGNALS.len()],
@@ -172,54 +177,31 @@ enum Msg {
     Skip(u64, String),
 }
 
-const BATCH: usize = 4096;
+/// Bytes per chunk of lines handed to a parsing thread (about 4,000 telemetry lines).
+const CHUNK_BYTES: usize = 1 << 20;
 
-/// Runs `coherence analyze`: one thread reads, decrypts and parses lines, the other keeps the
-/// windows, so parsing — most of the work — overlaps with the statistics.
+/// Runs `coherence analyze`. One thread reads the input in chunks of whole lines and deals
+/// them in turn to the parsing threads (one per core, at most 8), which decrypt and parse them;
+/// this thread takes the parsed chunks back in the same turn — so in file order — and keeps
+/// the windows. Parsing, most of the work, runs on every core.
 pub fn run(a: Args) -> CliResult {
     let cfg = config(&a)?;
     let cipher = LineCipher::from_env()?;
-    let mut input = LineReader::open(&a.file)?;
-    let mut collector = Collector::new(cfg).map_err(CliError::config)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Msg>>(16);
-    let mut skipped = Vec::new();
-    let mut skipped_count = 0u64;
-    std::thread::scope(|scope| -> CliResult {
-        let parser = scope.spawn(|| parse_all(&mut input, cipher.as_ref(), tx));
-        let mut ids: Vec<usize> = Vec::new();
-        let mut skip = |line: u64, reason: String| {
-            skipped_count += 1;
-            if skipped.len() < a.max_skipped {
-                skipped.push(Skipped { line, reason });
-            }
-        };
-        for batch in rx {
-            for m in batch {
-                match m {
-                    Msg::Entity(w, h) => ids.push(collector.entity(&w, &h)),
-                    Msg::Sample {
-                        line,
-                        entity,
-                        ts,
-                        values,
-                    } => {
-                        let id = ids.get(entity).copied().unwrap_or(usize::MAX);
-                        if let Err(e) = collector.push_to(id, ts, &values) {
-                            skip(line, e.to_string());
-                        }
-                    }
-                    Msg::Skip(line, reason) => skip(line, reason),
-                }
-            }
-        }
-        parser.join().map_err(|_| {
-            CliError::data(format!(
-                "{}: the parser stopped unexpectedly",
-                a.file.display()
-            ))
-        })?
-    })?;
-    let analysis = collector.finish();
+    let input = LineReader::open(&a.file)?;
+    let collector = Collector::new(cfg).map_err(CliError::config)?;
+    let parsers = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8));
+    let fed = feed(
+        input,
+        cipher.as_ref(),
+        collector,
+        Pipeline {
+            parsers,
+            chunk_bytes: CHUNK_BYTES,
+            max_skipped: a.max_skipped,
+        },
+    )?;
+    let (analysis, skipped_count, skipped) =
+        (fed.collector.finish(), fed.skipped_count, fed.skipped);
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
     let file = a.file.display().to_string();
@@ -244,27 +226,139 @@ pub fn run(a: Args) -> CliResult {
     }
 }
 
-fn parse_all(
-    input: &mut LineReader,
+/// How [`feed`] splits its work.
+struct Pipeline {
+    /// Parsing threads.
+    parsers: usize,
+    /// Bytes per chunk of lines.
+    chunk_bytes: usize,
+    /// At most this many skipped lines are kept (all are counted).
+    max_skipped: usize,
+}
+
+/// A collector fed every line of an input, and the lines it skipped.
+struct Fed {
+    collector: Collector,
+    skipped_count: u64,
+    skipped: Vec<Skipped>,
+}
+
+// Reads, parses and collects the whole input (see `run`).
+fn feed(
+    mut input: LineReader,
     cipher: Option<&LineCipher>,
-    tx: SyncSender<Vec<Msg>>,
-) -> CliResult {
+    mut collector: Collector,
+    p: Pipeline,
+) -> Result<Fed, CliError> {
+    let parsers = p.parsers.max(1);
+    let input_path = input.path().display().to_string();
+    let mut skipped = Vec::new();
+    let mut skipped_count = 0u64;
+    std::thread::scope(|scope| -> CliResult {
+        let mut to_parsers = Vec::with_capacity(parsers);
+        let mut from_parsers = Vec::with_capacity(parsers);
+        let mut workers = Vec::with_capacity(parsers);
+        for _ in 0..parsers {
+            let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
+            let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Parsed>(2);
+            workers.push(scope.spawn(move || {
+                let mut checker = None;
+                for chunk in chunk_rx {
+                    if done_tx
+                        .send(parse_chunk(&chunk, cipher, &mut checker))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }));
+            to_parsers.push(chunk_tx);
+            from_parsers.push(done_rx);
+        }
+        let reader = scope.spawn(move || -> CliResult {
+            let mut turn = 0usize;
+            while let Some(chunk) = input.next_chunk(p.chunk_bytes)? {
+                if to_parsers[turn % parsers].send(chunk).is_err() {
+                    // A parser stopped; the join below says why.
+                    break;
+                }
+                turn += 1;
+            }
+            Ok(())
+        });
+        let mut ids: Vec<usize> = Vec::new();
+        let mut skip = |line: u64, reason: String| {
+            skipped_count += 1;
+            if skipped.len() < p.max_skipped {
+                skipped.push(Skipped { line, reason });
+            }
+        };
+        // Chunk k went to parser k mod n; a parser with nothing more means the input ended.
+        for turn in 0.. {
+            let Ok(parsed) = from_parsers[turn % parsers].recv() else {
+                break;
+            };
+            ids.clear();
+            ids.extend(parsed.names.iter().map(|(w, h)| collector.entity(w, h)));
+            for item in parsed.items {
+                match item {
+                    Item::Sample {
+                        line,
+                        entity,
+                        ts,
+                        values,
+                    } => {
+                        let id = ids.get(entity).copied().unwrap_or(usize::MAX);
+                        if let Err(e) = collector.push_to(id, ts, &values) {
+                            skip(line, e.to_string());
+                        }
+                    }
+                    Item::Skip(line, reason) => skip(line, reason),
+                }
+            }
+        }
+        drop(from_parsers);
+        let stopped = || {
+            CliError::data(format!(
+                "{}: a parsing thread stopped unexpectedly",
+                input_path
+            ))
+        };
+        for w in workers {
+            w.join().map_err(|_| stopped())?;
+        }
+        reader.join().map_err(|_| stopped())?
+    })?;
+    Ok(Fed {
+        collector,
+        skipped_count,
+        skipped,
+    })
+}
+
+// Decrypts (when asked) and parses every line of a chunk.
+fn parse_chunk(
+    chunk: &Chunk,
+    cipher: Option<&LineCipher>,
+    checker: &mut Option<LineChecker>,
+) -> Parsed {
+    let mut out = Parsed {
+        names: Vec::new(),
+        items: Vec::with_capacity(chunk.bytes.len() / 200),
+    };
     let mut names: HashMap<Box<str>, HashMap<Box<str>, usize>> = HashMap::new();
-    let mut count = 0usize;
-    let mut checker: Option<LineChecker> = None;
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some((line, raw)) = input.next_line()? {
+    for (line, raw) in chunk.lines() {
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let mut entity = |w: &str, h: &str, batch: &mut Vec<Msg>| -> usize {
+        let mut entity = |w: &str, h: &str| -> usize {
             if let Some(&id) = names.get(w).and_then(|m| m.get(h)) {
                 return id;
             }
-            names.entry(w.into()).or_default().insert(h.into(), count);
-            batch.push(Msg::Entity(w.to_string(), h.to_string()));
-            count += 1;
-            count - 1
+            let id = out.names.len();
+            names.entry(w.into()).or_default().insert(h.into(), id);
+            out.names.push((w.to_string(), h.to_string()));
+            id
         };
         let parsed = match cipher {
             Some(c) => std::str::from_utf8(raw)
@@ -273,42 +367,29 @@ fn parse_all(
                     c.decrypt_line(l)
                         .map_err(|e| format!("(root): cannot decrypt: {e}"))
                 })
-                .and_then(|plain| {
-                    parse(plain.as_bytes(), &mut checker, |w, h| {
-                        entity(w, h, &mut batch)
-                    })
-                }),
-            None => parse(raw, &mut checker, |w, h| entity(w, h, &mut batch)),
+                .and_then(|plain| parse(plain.as_bytes(), checker, &mut entity)),
+            None => parse(raw, checker, &mut entity),
         };
-        batch.push(match parsed {
-            Ok((entity, ts, values)) => Msg::Sample {
+        out.items.push(match parsed {
+            Ok((entity, ts, values)) => Item::Sample {
                 line,
                 entity,
                 ts,
                 values,
             },
-            Err(reason) => Msg::Skip(line, reason),
+            Err(reason) => Item::Skip(line, reason),
         });
-        if batch.len() >= BATCH
-            && tx
-                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                .is_err()
-        {
-            return Ok(());
-        }
     }
-    // The receiver only goes away when the collecting side has stopped; nothing left to tell it.
-    let _ = tx.send(batch);
-    Ok(())
+    out
 }
 
-type Parsed = (usize, i64, [f64; SIGNALS.len()]);
+type Fields = (usize, i64, [f64; SIGNALS.len()]);
 
 fn parse(
     raw: &[u8],
     checker: &mut Option<LineChecker>,
     entity: impl FnOnce(&str, &str) -> usize,
-) -> Result<Parsed, String> {
+) -> Result<Fields, String> {
     let line: Line<'_> = match serde_json::from_slice(raw) {
         Ok(l) => l,
         Err(e) => return Err(explain(raw, checker).unwrap_or_else(|| format!("(root): {e}"))),
@@ -436,6 +517,78 @@ fn write_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coherence_core::sim::{SimConfig, Simulator};
+
+    // Six simulated hours of three hosts (5,730 lines, about 1.6 MB) with bad lines and
+    // blank lines in between, the last line without its newline.
+    fn dirty_telemetry(dir: &std::path::Path) -> PathBuf {
+        let sim = Simulator::new(SimConfig::default()).unwrap();
+        let mut lines: Vec<String> = sim.map(|r| serde_json::to_string(&r).unwrap()).collect();
+        lines.insert(1, "not json".into());
+        lines.insert(700, String::new());
+        lines.insert(2500, r#"{"ts":"2026-11-01T00:00:00Z","host":"h"}"#.into());
+        lines.insert(4100, "   ".into());
+        lines.insert(5500, r#"{"ts":"yesterday","host":"h","workload":"w","cpu":1,"memory_mb":1,"requests_in":1,"requests_out":1,"errors":0,"qps":1,"latency_p95_ms":1,"infra_cost_usd":1}"#.into());
+        let text = lines.join("\r\n");
+        let path = dir.join("t.jsonl");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn analyse(
+        path: &std::path::Path,
+        parsers: usize,
+        chunk_bytes: usize,
+    ) -> (String, Vec<Skipped>, u64) {
+        let input = LineReader::open(path).unwrap();
+        let collector = Collector::new(CollectConfig::default()).unwrap();
+        let fed = feed(
+            input,
+            None,
+            collector,
+            Pipeline {
+                parsers,
+                chunk_bytes,
+                max_skipped: 2,
+            },
+        )
+        .unwrap();
+        let json = serde_json::to_string(&fed.collector.finish()).unwrap();
+        (json, fed.skipped, fed.skipped_count)
+    }
+
+    #[test]
+    fn any_split_into_chunks_and_threads_gives_the_same_answer_and_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dirty_telemetry(dir.path());
+        let (one, skipped, count) = analyse(&path, 1, 64 << 20);
+        assert_eq!(count, 3, "{skipped:?}");
+        // Only the first two are listed; line numbers are 1-based and count blank lines.
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(skipped[0].line, 2);
+        assert!(skipped[0].reason.contains("not valid JSON"), "{skipped:?}");
+        assert_eq!(skipped[1].line, 2501);
+        for (parsers, chunk) in [(2, 1 << 20), (3, 4096), (8, 1), (5, 100_000)] {
+            let (other, other_skipped, other_count) = analyse(&path, parsers, chunk);
+            assert_eq!(other_count, count, "{parsers} parsers, {chunk}-byte chunks");
+            assert_eq!(
+                other_skipped, skipped,
+                "{parsers} parsers, {chunk}-byte chunks"
+            );
+            assert!(
+                other == one,
+                "{parsers} parsers, {chunk}-byte chunks: analysis differs"
+            );
+        }
+        let a: serde_json::Value = serde_json::from_str(&one).unwrap();
+        assert_eq!(a["count"], 5730);
+        assert_eq!(a["workloads"].as_array().unwrap().len(), 3);
+        assert!(
+            a["incidents"].as_array().is_some_and(|i| !i.is_empty()),
+            "{}",
+            a["incidents"]
+        );
+    }
 
     #[test]
     fn baseline_flag_parses_and_names_bad_keys() {

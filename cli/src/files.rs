@@ -2,7 +2,7 @@
 
 use crate::error::{CliError, CliResult};
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Stdout, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Stdout, Write};
 use std::path::{Path, PathBuf};
 
 /// Opens a file for buffered reading, or stdin for `-`; a file that cannot be opened is exit 66.
@@ -45,6 +45,53 @@ impl LineReader {
         }
         self.number += 1;
         Ok(Some((self.number, trim_newline(&self.buf))))
+    }
+
+    /// The path it reads (`-` for stdin).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next run of whole lines, about `size` bytes (more when a line is longer), with the
+    /// number of its first line; `None` at the end. Lines read before by
+    /// [`LineReader::next_line`] are counted, so the numbering carries on.
+    pub(crate) fn next_chunk(&mut self, size: usize) -> Result<Option<Chunk>, CliError> {
+        let mut bytes = Vec::with_capacity(size + 1024);
+        (&mut self.input)
+            .take(size as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CliError::input(&self.path, e))?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if !bytes.ends_with(b"\n") {
+            self.input
+                .read_until(b'\n', &mut bytes)
+                .map_err(|e| CliError::input(&self.path, e))?;
+        }
+        let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        let lines = newlines + u64::from(!bytes.ends_with(b"\n"));
+        let first_line = self.number + 1;
+        self.number += lines;
+        Ok(Some(Chunk { first_line, bytes }))
+    }
+}
+
+/// Whole lines of an input, as read by [`LineReader::next_chunk`].
+pub(crate) struct Chunk {
+    /// 1-based number of the first line.
+    pub(crate) first_line: u64,
+    /// The lines with their endings; the last one may lack its `\n` at the end of the input.
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Chunk {
+    /// Each line's number and bytes without the line ending.
+    pub(crate) fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.bytes
+            .split_inclusive(|&b| b == b'\n')
+            .zip(self.first_line..)
+            .map(|(l, n)| (n, trim_newline(l)))
     }
 }
 
@@ -139,5 +186,69 @@ impl Drop for Output {
             // After a successful rename the temporary name is gone and this is a no-op.
             let _ = fs::remove_file(tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks_of(text: &[u8], size: usize) -> Vec<(u64, Vec<Vec<u8>>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        fs::write(&path, text).unwrap();
+        let mut r = LineReader::open(&path).unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = r.next_chunk(size).unwrap() {
+            let lines: Vec<(u64, Vec<u8>)> = c.lines().map(|(n, l)| (n, l.to_vec())).collect();
+            for (i, (n, _)) in lines.iter().enumerate() {
+                assert_eq!(*n, c.first_line + i as u64);
+            }
+            out.push((c.first_line, lines.into_iter().map(|(_, l)| l).collect()));
+        }
+        out
+    }
+
+    #[test]
+    fn chunks_hold_whole_lines_numbered_across_chunks() {
+        let text = b"a\nbb\r\n\nccccccccc\nd";
+        // Every size gives the same lines with the same numbers.
+        for size in [1, 2, 3, 5, 8, 100] {
+            let chunks = chunks_of(text, size);
+            let flat: Vec<(u64, Vec<u8>)> = chunks
+                .iter()
+                .flat_map(|(first, ls)| ls.iter().cloned().zip(*first..).map(|(l, n)| (n, l)))
+                .collect();
+            assert_eq!(
+                flat,
+                vec![
+                    (1, b"a".to_vec()),
+                    (2, b"bb".to_vec()),
+                    (3, b"".to_vec()),
+                    (4, b"ccccccccc".to_vec()),
+                    (5, b"d".to_vec()),
+                ],
+                "chunk size {size}"
+            );
+            // A chunk never ends inside a line, and a long line is never split.
+            assert!(chunks.iter().all(|(_, ls)| !ls.is_empty()), "size {size}");
+        }
+        assert_eq!(chunks_of(b"a\nb\n", 100).len(), 1);
+        assert!(chunks_of(b"", 10).is_empty());
+    }
+
+    #[test]
+    fn chunks_carry_on_the_numbering_of_single_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        fs::write(&path, b"x\ny\nz\n").unwrap();
+        let mut r = LineReader::open(&path).unwrap();
+        assert_eq!(r.next_line().unwrap().map(|(n, _)| n), Some(1));
+        let c = r.next_chunk(1).unwrap().unwrap();
+        assert_eq!(c.first_line, 2);
+        assert_eq!(c.lines().collect::<Vec<_>>(), vec![(2, &b"y"[..])]);
+        let c = r.next_chunk(1).unwrap().unwrap();
+        assert_eq!(c.lines().collect::<Vec<_>>(), vec![(3, &b"z"[..])]);
+        assert!(r.next_chunk(1).unwrap().is_none());
     }
 }

@@ -299,57 +299,46 @@ impl Collector {
     /// Runs detection, correlation and FinOps, and returns the analysis.
     pub fn finish(self) -> Analysis {
         let cfg = self.cfg;
-        let mut scratch = Vec::new();
-        let mut med = |v: &Vec<f64>| {
-            scratch.clear();
-            scratch.extend_from_slice(v);
-            median_in_place(&mut scratch)
-        };
-        let medians = Medians {
-            qps: med(&self.finops[0]),
-            latency_p95_ms: med(&self.finops[1]),
-            infra_cost_usd: med(&self.finops[2]),
-        };
-        let (baseline, baseline_source) = match (cfg.baseline, medians.as_baseline()) {
-            (Some(b), _) => (Some(b), "flag"),
-            (None, Some(b)) if b.validate().is_ok() => (Some(b), "medians"),
-            _ => (None, "none: no positive medians"),
-        };
         let span_days = match (self.first_ms, self.last_ms) {
             (Some(f), Some(l)) => (l - f) as f64 / 86_400_000.0,
             _ => 0.0,
         };
         let days = cfg.days_since_change.unwrap_or(span_days);
-        let finops = baseline
-            .and_then(|b| finops::Accumulator::new(b, cfg.fti).ok())
-            .map(|mut acc| {
-                for ((&q, &l), &c) in self.finops[0]
-                    .iter()
-                    .zip(&self.finops[1])
-                    .zip(&self.finops[2])
-                {
-                    let _excluded_and_counted = acc.push(&finops::Sample {
-                        qps: q,
-                        latency_p95_ms: l,
-                        infra_cost_usd: c,
-                    });
+        let finops_series = &self.finops;
+        let cfg_ref = &cfg;
+        // The medians and FTI of all samples run beside the per-host detector scans, and the
+        // hosts are shared among the cores; the results are put back in host order, so the
+        // answer is the same as one thread's.
+        let ((medians, baseline, baseline_source, finops), per_host) = std::thread::scope(|s| {
+            let fin = s.spawn(move || finops_of(finops_series, cfg_ref, days));
+            let per_host = par_map(self.entities, |mut e| {
+                // A host registered by lines that all turned out invalid has nothing to report.
+                if e.samples == 0 {
+                    return None;
                 }
-                acc.finish(&cfg.lambda, days, cfg.min_fti_samples)
+                let mut series = BTreeMap::new();
+                for (sig, mut pts) in std::mem::take(&mut e.series) {
+                    pts.sort_by_key(|p| p.0);
+                    series.insert(SIGNALS[sig].to_string(), pts);
+                }
+                let found = detect::scan(
+                    &series,
+                    &cfg_ref.detector_signals,
+                    &cfg_ref.detectors,
+                    cfg_ref.schedule,
+                );
+                Some((e, found))
             });
-
+            let fin = match fin.join() {
+                Ok(f) => f,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            (fin, per_host)
+        });
         let mut findings = Vec::new();
         let mut hosts = Vec::new();
-        for mut e in self.entities {
-            // A host registered by lines that all turned out invalid has nothing to report.
-            if e.samples == 0 {
-                continue;
-            }
-            let mut series = BTreeMap::new();
-            for (sig, mut pts) in std::mem::take(&mut e.series) {
-                pts.sort_by_key(|p| p.0);
-                series.insert(SIGNALS[sig].to_string(), pts);
-            }
-            for f in detect::scan(&series, &cfg.detector_signals, &cfg.detectors, cfg.schedule) {
+        for (e, found) in per_host.into_iter().flatten() {
+            for f in found {
                 findings.push(HostFinding {
                     workload: e.workload.clone(),
                     host: e.host.clone(),
@@ -385,6 +374,88 @@ impl Collector {
             engine_version: crate::ENGINE_VERSION,
         }
     }
+}
+
+type FinopsOutcome = (
+    Medians,
+    Option<Baseline>,
+    &'static str,
+    Option<finops::Report>,
+);
+
+// The medians of the three FinOps signals, the baseline they give (unless one was set) and the
+// FTI of every sample against it.
+fn finops_of(series: &[Vec<f64>; 3], cfg: &CollectConfig, days: f64) -> FinopsOutcome {
+    let mut scratch = Vec::new();
+    let mut med = |v: &Vec<f64>| {
+        scratch.clear();
+        scratch.extend_from_slice(v);
+        median_in_place(&mut scratch)
+    };
+    let medians = Medians {
+        qps: med(&series[0]),
+        latency_p95_ms: med(&series[1]),
+        infra_cost_usd: med(&series[2]),
+    };
+    let (baseline, baseline_source) = match (cfg.baseline, medians.as_baseline()) {
+        (Some(b), _) => (Some(b), "flag"),
+        (None, Some(b)) if b.validate().is_ok() => (Some(b), "medians"),
+        _ => (None, "none: no positive medians"),
+    };
+    let finops = baseline
+        .and_then(|b| finops::Accumulator::new(b, cfg.fti).ok())
+        .map(|mut acc| {
+            for ((&q, &l), &c) in series[0].iter().zip(&series[1]).zip(&series[2]) {
+                let _excluded_and_counted = acc.push(&finops::Sample {
+                    qps: q,
+                    latency_p95_ms: l,
+                    infra_cost_usd: c,
+                });
+            }
+            acc.finish(&cfg.lambda, days, cfg.min_fti_samples)
+        });
+    (medians, baseline, baseline_source, finops)
+}
+
+/// `f` of every item on up to one thread per core, the results in the items' order.
+fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(items.len());
+    if threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let n = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        // A poisoned lock means another worker panicked; its join re-raises it.
+                        let next = match queue.lock() {
+                            Ok(mut q) => q.next(),
+                            Err(_) => None,
+                        };
+                        let Some((i, item)) = next else { break };
+                        out.push((i, f(item)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        for w in workers {
+            match w.join() {
+                Ok(part) => all.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 fn host_report(e: &Entity, cfg: &CollectConfig) -> HostReport {

@@ -1,6 +1,6 @@
 //! The fake API server of the tests, served over plain HTTP, seeded with a population of
 //! CoherencePolicies and their workloads: the real `coherence-operator run` can be pointed at
-//! it (through a kubeconfig) to measure the operator's own process (`bench/operator.py`).
+//! it (through a kubeconfig) to measure the operator's own process (`bench/operator_rss.py`).
 //!
 //! ```text
 //! cargo run --release -p coherence-operator --features fake --example fake_apiserver -- \

@@ -14,7 +14,7 @@ policy is reconciled again while sampling) and read `VmHWM` (peak) at the end. T
 reconcile comes from the operator's own histogram
 `coherence_reconcile_duration_seconds{controller="coherencepolicy"}` (sum / count).
 
-    make bench-operator-rss          # or: python3 bench/operator.py --policies 2000
+    make bench-operator-rss          # or: python3 bench/operator_rss.py --policies 2000
 """
 
 import argparse
