@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// WAL segment size before rotation, in bytes.
     #[arg(long, env = "COHERENCE_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub wal_segment_bytes: u64,
+    /// Zero-filled, synced space the WAL keeps ahead of its active segment's end, in bytes
+    /// (0: none; records then extend the file and every sync also updates its size).
+    #[arg(long, env = "COHERENCE_WAL_PREALLOC_BYTES", default_value_t = 4 << 20)]
+    pub wal_prealloc_bytes: u64,
     /// Age after which applied WAL segments are deleted (`Ns|Nm|Nh|Nd`).
     #[arg(long, env = "COHERENCE_WAL_RETENTION", default_value = "14d")]
     pub wal_retention: WindowSpan,
@@ -192,6 +196,7 @@ pub async fn serve(
     let mut wal = WalConfig::new(&args.wal_dir);
     wal.segment_bytes = args.wal_segment_bytes.max(4096);
     wal.retention = retention;
+    wal.prealloc_bytes = args.wal_prealloc_bytes;
     let (metrics, registry) = Metrics::new();
     // Bind before replaying so a port clash fails fast.
     let listener = TcpListener::bind(args.listen)
