@@ -561,10 +561,18 @@ async fn a_latency_spike_is_found_reported_and_shown_as_an_incident() {
         .filter(|b| b.get("report_id").is_some())
         .flat_map(|b| b["findings"].as_array().cloned().unwrap_or_default())
         .collect();
+    // The steady samples find nothing; every finding is about the spike, by the detectors that
+    // compare the window's last third with the rest.
+    assert!(!findings.is_empty());
     assert!(
-        findings
-            .iter()
-            .any(|f| f["signal"] == "latency_p95_ms" && f["kind"] == "spike"),
+        findings.iter().all(|f| f["signal"] == "latency_p95_ms"
+            && ["spike", "variance_escalation", "robust_z", "trend"]
+                .contains(&f["kind"].as_str().unwrap_or(""))
+            && f["risk"].as_f64().unwrap() > 0.0),
+        "{findings:?}"
+    );
+    assert!(
+        findings.iter().any(|f| f["kind"] == "variance_escalation"),
         "{findings:?}"
     );
 }
