@@ -536,7 +536,7 @@ async fn a_latency_spike_is_found_reported_and_shown_as_an_incident() {
     let incident = &st["incidents"][0];
     assert_eq!(incident["workload"], "shop/web", "{incident}");
     assert!(
-        ["spike", "variance_escalation", "robust_z"]
+        ["spike", "variance_escalation", "robust_z", "trend"]
             .contains(&incident["pattern"].as_str().unwrap()),
         "{incident}"
     );
