@@ -277,7 +277,8 @@ impl Default for PcsSettings {
 pub struct FinopsSettings {
     /// Signal with requests per second (a counter scraped as a rate works).
     pub qps_signal: String,
-    /// Signal with p95 latency in ms.
+    /// Signal with p95 latency in ms, or a Prometheus histogram family (`NAME` or
+    /// `NAME_bucket`) whose p95 the engine computes from the epoch's bucket deltas.
     pub latency_signal: String,
     /// Price of one replica-hour, USD (or use the requests and prices below).
     #[serde(default)]

@@ -33,6 +33,11 @@ struct SignalState {
     windows: Vec<RollingWindow>,
     epoch_sum: f64,
     epoch_n: u64,
+    /// Σ value × seconds since the previous sample of the epoch's samples: for a rate (a
+    /// counter scraped as per-second rates), how much the counter grew in the epoch.
+    epoch_integral: f64,
+    /// Time of the newest sample taken.
+    last_ts: Option<i64>,
 }
 
 /// Counts of what the engine refused, by reason.
@@ -86,6 +91,80 @@ pub struct EpochStatus {
     pub findings: usize,
     /// Samples of the epoch.
     pub samples: usize,
+    /// The epoch's FinOps sample and how its latency was made.
+    pub finops: Option<FinopsExplain>,
+}
+
+/// A FinOps sample with how its figures were made (`/status` `lastEpoch.finops`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FinopsExplain {
+    /// Requests per second: the epoch mean of `finops.qpsSignal`.
+    pub qps: f64,
+    /// p95 latency, ms.
+    pub latency_p95_ms: f64,
+    /// How the latency was made: a histogram's p95 or a gauge's epoch mean.
+    pub latency_method: String,
+    /// Observations the histogram counted in the epoch (histograms only).
+    pub latency_observations: Option<f64>,
+    /// Cost of the epoch, USD.
+    pub infra_cost_usd: f64,
+}
+
+/// The quantile the FinOps latency is taken at.
+pub const LATENCY_QUANTILE: f64 = 0.95;
+
+/// PromQL's `histogram_quantile(q, …)` over cumulative bucket counts `(le, count)` (any
+/// order): the bucket where the rank `q × total` falls, and linear interpolation within it
+/// (from 0 for the first bucket when its bound is positive). A rank in the `+Inf` bucket gives
+/// the highest finite bound. Counts that go down with `le` are raised to the running maximum,
+/// as PromQL does. `None` without a `+Inf` bucket, with fewer than two buckets, or with no
+/// observations.
+pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    if !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let mut b: Vec<(f64, f64)> = buckets.to_vec();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    if b.len() < 2 || b.last().map(|x| x.0) != Some(f64::INFINITY) {
+        return None;
+    }
+    let mut max = 0.0f64;
+    for x in &mut b {
+        max = max.max(x.1);
+        x.1 = max;
+    }
+    let total = b.last()?.1;
+    if total <= 0.0 || !total.is_finite() {
+        return None;
+    }
+    let rank = q * total;
+    let i = b.iter().position(|x| x.1 >= rank)?;
+    if i == b.len() - 1 {
+        return Some(b[b.len() - 2].0);
+    }
+    let (end, count) = b[i];
+    if i == 0 && end <= 0.0 {
+        return Some(end);
+    }
+    let (start, before) = if i == 0 { (0.0, 0.0) } else { b[i - 1] };
+    let inside = count - before;
+    if inside <= 0.0 {
+        return Some(end);
+    }
+    Some(start + (end - start) * (rank - before) / inside)
+}
+
+/// The value of the `le` label in a signal name such as `x_bucket{code="200",le="0.25"}`.
+fn le_of(name: &str) -> Option<f64> {
+    let labels = &name[name.find('{')?..];
+    let at = labels.find("{le=\"").or_else(|| labels.find(",le=\""))?;
+    let rest = &labels[at + 5..];
+    let v = &rest[..rest.find('"')?];
+    match v {
+        "+Inf" | "Inf" | "inf" | "+inf" => Some(f64::INFINITY),
+        _ => v.parse().ok(),
+    }
 }
 
 /// The engine.
@@ -191,6 +270,8 @@ impl Engine {
                     windows,
                     epoch_sum: 0.0,
                     epoch_n: 0,
+                    epoch_integral: 0.0,
+                    last_ts: None,
                 },
             );
         }
@@ -207,6 +288,12 @@ impl Engine {
         }
         st.epoch_sum += s.value;
         st.epoch_n += 1;
+        if let Some(prev) = st.last_ts {
+            if s.ts_ms > prev {
+                st.epoch_integral += s.value * (s.ts_ms - prev) as f64 / 1000.0;
+            }
+        }
+        st.last_ts = Some(st.last_ts.map_or(s.ts_ms, |p| p.max(s.ts_ms)));
         // A sample stamped ahead of this clock means one of the two clocks is off.
         self.max_skew_ms = self.max_skew_ms.max(s.ts_ms - now_ms);
         if self.leaves.len() < MAX_EPOCH_LEAVES {
@@ -318,7 +405,10 @@ impl Engine {
         }
         findings.sort_by(|a, b| b.risk.total_cmp(&a.risk));
         findings.truncate(self.cfg.report.max_findings);
-        let finops = self.finops_sample(end_ms).into_iter().collect();
+        let (finops, finops_explain) = match self.finops_sample(end_ms) {
+            Some((sample, explain)) => (vec![sample], Some(explain)),
+            None => (Vec::new(), None),
+        };
         let report = SignalReport {
             report_id: report::report_id(&self.shard_id, epoch),
             schema: report::SCHEMA.to_string(),
@@ -335,6 +425,7 @@ impl Engine {
         for st in self.signals.values_mut() {
             st.epoch_sum = 0.0;
             st.epoch_n = 0;
+            st.epoch_integral = 0.0;
         }
         self.leaves.clear();
         self.last_epoch = Some(EpochStatus {
@@ -346,6 +437,7 @@ impl Engine {
             windows: report.windows.len(),
             findings: report.findings.len(),
             samples,
+            finops: finops_explain,
         });
         EpochOutput {
             epoch,
@@ -489,24 +581,85 @@ impl Engine {
         out
     }
 
-    fn finops_sample(&self, end_ms: i64) -> Option<FinopsSample> {
-        let f = self.cfg.finops.as_ref()?;
-        let mean = |name: &str| {
-            self.signals
-                .get(name)
-                .filter(|s| s.epoch_n > 0)
-                .map(|s| s.epoch_sum / s.epoch_n as f64)
+    fn epoch_mean(&self, name: &str) -> Option<f64> {
+        self.signals
+            .get(name)
+            .filter(|s| s.epoch_n > 0)
+            .map(|s| s.epoch_sum / s.epoch_n as f64)
+    }
+
+    /// The epoch's p95 latency in ms, how it was made, and the observations counted: from the
+    /// histogram `<family>_bucket{…,le="…"}` when the sources yield its buckets, else the epoch
+    /// mean of the signal (a gauge that already holds a p95).
+    fn latency_p95(&self, signal: &str) -> Option<(f64, String, Option<f64>)> {
+        let family = signal.strip_suffix("_bucket").unwrap_or(signal);
+        let prefix = format!("{family}_bucket{{");
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        let mut series = 0usize;
+        for (name, st) in self.signals.range(prefix.clone()..) {
+            if !name.starts_with(&prefix) {
+                break;
+            }
+            let Some(le) = le_of(name) else { continue };
+            series += 1;
+            match buckets.iter_mut().find(|b| b.0 == le) {
+                Some(b) => b.1 += st.epoch_integral,
+                None => buckets.push((le, st.epoch_integral)),
+            }
+        }
+        if series == 0 {
+            let mean = self.epoch_mean(signal)?;
+            return Some((
+                mean,
+                format!(
+                    "epoch mean of {signal}, a gauge taken to hold a p95 in ms already (no {prefix}le=…}} histogram buckets)"
+                ),
+                None,
+            ));
+        }
+        let total = buckets
+            .iter()
+            .filter(|b| b.0 == f64::INFINITY)
+            .map(|b| b.1)
+            .sum::<f64>();
+        let q = histogram_quantile(LATENCY_QUANTILE, &buckets)?;
+        let (scale, unit) = if family.ends_with("_seconds") {
+            (1000.0, "seconds × 1000")
+        } else {
+            (1.0, "taken as ms")
         };
-        let qps = mean(&f.qps_signal)?;
-        let latency = mean(&f.latency_signal)?;
+        Some((
+            q * scale,
+            format!(
+                "p95 of histogram {family} over the epoch: count deltas of {n} bucket series (rate × seconds between scrapes) summed by le into {b} buckets, linear interpolation within the bucket as PromQL histogram_quantile; {unit}",
+                n = series,
+                b = buckets.len(),
+            ),
+            Some(total),
+        ))
+    }
+
+    fn finops_sample(&self, end_ms: i64) -> Option<(FinopsSample, FinopsExplain)> {
+        let f = self.cfg.finops.as_ref()?;
+        let qps = self.epoch_mean(&f.qps_signal)?;
+        let (latency, method, observations) = self.latency_p95(&f.latency_signal)?;
         let hours = self.cfg.epoch.get().as_secs_f64() / 3600.0;
         let cost = f.cost_per_hour()? * hours;
-        Some(FinopsSample {
-            at_ms: end_ms,
-            qps,
-            latency_p95_ms: latency,
-            infra_cost_usd: cost,
-        })
+        Some((
+            FinopsSample {
+                at_ms: end_ms,
+                qps,
+                latency_p95_ms: latency,
+                infra_cost_usd: cost,
+            },
+            FinopsExplain {
+                qps,
+                latency_p95_ms: latency,
+                latency_method: method,
+                latency_observations: observations,
+                infra_cost_usd: cost,
+            },
+        ))
     }
 }
 
@@ -681,6 +834,118 @@ mod tests {
         assert!((f.infra_cost_usd - expected).abs() < 1e-15);
         // No qps in the next epoch: no sample rather than a made-up one.
         assert!(e.close_epoch(1, 20_000, 20_000).report.finops.is_empty());
+    }
+
+    #[test]
+    fn histogram_quantile_interpolates_within_the_bucket_like_promql() {
+        let inf = f64::INFINITY;
+        let b = [
+            (0.25, 80.0),
+            (0.1, 50.0),
+            (0.5, 95.0),
+            (1.0, 100.0),
+            (inf, 100.0),
+        ];
+        // Rank 90 falls in (0.25, 0.5], 10 of its 15: 0.25 + 0.25 × 10/15.
+        let q90 = histogram_quantile(0.9, &b).unwrap();
+        assert!((q90 - (0.25 + 0.25 * 10.0 / 15.0)).abs() < 1e-12, "{q90}");
+        assert_eq!(histogram_quantile(0.95, &b), Some(0.5));
+        // In the first bucket: from 0. In +Inf: the highest finite bound.
+        let first = histogram_quantile(0.95, &[(0.1, 100.0), (inf, 100.0)]).unwrap();
+        assert!((first - 0.095).abs() < 1e-12);
+        assert_eq!(
+            histogram_quantile(0.95, &[(0.1, 10.0), (inf, 100.0)]),
+            Some(0.1)
+        );
+        // Counts going down are raised to the running maximum.
+        assert_eq!(
+            histogram_quantile(0.5, &[(1.0, 10.0), (2.0, 8.0), (inf, 10.0)]),
+            Some(0.5)
+        );
+        assert_eq!(histogram_quantile(0.95, &[(0.1, 10.0), (1.0, 20.0)]), None);
+        assert_eq!(histogram_quantile(0.95, &[(0.1, 0.0), (inf, 0.0)]), None);
+        assert_eq!(histogram_quantile(0.95, &[(inf, 5.0)]), None);
+        assert_eq!(le_of("x_bucket{code=\"200\",le=\"0.25\"}"), Some(0.25));
+        assert_eq!(le_of("x_bucket{le=\"+Inf\"}"), Some(inf));
+        assert_eq!(le_of("x_bucket{handle=\"a\"}"), None);
+    }
+
+    #[test]
+    fn finops_latency_is_the_p95_of_the_epochs_histogram_bucket_deltas() {
+        let mut e = Engine::new(cfg(
+            "finops: {qpsSignal: qps, latencySignal: http_request_duration_seconds, costPerReplicaHourUsd: 0.36}",
+        ));
+        // Two handlers' buckets, as the prometheus source names them: per-second rates.
+        let le = ["0.05", "0.1", "0.25", "0.5", "+Inf"];
+        // Rates per second of each cumulative bucket, two series; the counts grow by rate × Δt.
+        let rates: [[f64; 5]; 2] = [
+            [10.0, 30.0, 40.0, 45.0, 50.0],
+            [0.0, 10.0, 20.0, 28.0, 30.0],
+        ];
+        for (h, r) in rates.iter().enumerate() {
+            for (i, l) in le.iter().enumerate() {
+                let name =
+                    format!("http_request_duration_seconds_bucket{{handler=\"h{h}\",le=\"{l}\"}}");
+                // The first sample opens the series (its interval is unknown), then 1 s and 2 s.
+                e.ingest(
+                    &batch(&name, &[(1000, 99.0), (2000, r[i]), (4000, r[i])]),
+                    4000,
+                );
+            }
+        }
+        e.ingest(&batch("qps", &[(1000, 80.0), (4000, 80.0)]), 4000);
+        let out = e.close_epoch(0, 10_000, 10_000);
+        let f = out.report.finops[0];
+        // Deltas over 3 s: cumulative counts by le 30, 120, 180, 219, 240. Rank 0.95 × 240 = 228
+        // falls in (0.5, +Inf]: the highest finite bound, 0.5 s.
+        assert_eq!(f.latency_p95_ms, 500.0);
+        let x = e.last_epoch().unwrap().finops.clone().unwrap();
+        assert!(
+            x.latency_method
+                .starts_with("p95 of histogram http_request_duration_seconds"),
+            "{}",
+            x.latency_method
+        );
+        assert_eq!(x.latency_observations, Some(240.0));
+
+        // The next epoch, with the rank inside a finite bucket: rates 30, 120, 180, 240, 240
+        // (counts in the same proportions): rank 0.95 × 240 = 228 in (0.25, 0.5]:
+        // 0.25 + 0.25 × (228 − 180)/60 = 0.45 s.
+        let rates: [f64; 5] = [30.0, 120.0, 180.0, 240.0, 240.0];
+        for (i, l) in le.iter().enumerate() {
+            let name = format!("http_request_duration_seconds_bucket{{handler=\"h0\",le=\"{l}\"}}");
+            e.ingest(&batch(&name, &[(11_000, rates[i])]), 11_000);
+            let other =
+                format!("http_request_duration_seconds_bucket{{handler=\"h1\",le=\"{l}\"}}");
+            e.ingest(&batch(&other, &[(11_000, 0.0)]), 11_000);
+        }
+        e.ingest(&batch("qps", &[(11_000, 80.0)]), 11_000);
+        // 7 s since the previous sample: the deltas are rate × 7.
+        let f = e.close_epoch(1, 20_000, 20_000).report.finops[0];
+        assert!(
+            (f.latency_p95_ms - 450.0).abs() < 1e-9,
+            "{}",
+            f.latency_p95_ms
+        );
+
+        // A gauge is taken as it is, and says so.
+        let mut g = Engine::new(cfg(
+            "finops: {qpsSignal: qps, latencySignal: p95_ms, costPerReplicaHourUsd: 0.36}",
+        ));
+        g.ingest(&batch("qps", &[(1000, 10.0)]), 1000);
+        g.ingest(&batch("p95_ms", &[(1000, 20.0), (2000, 40.0)]), 2000);
+        assert_eq!(
+            g.close_epoch(0, 10_000, 10_000).report.finops[0].latency_p95_ms,
+            30.0
+        );
+        let x = g.last_epoch().unwrap().finops.clone().unwrap();
+        assert!(
+            x.latency_method
+                .starts_with("epoch mean of p95_ms, a gauge"),
+            "{}",
+            x.latency_method
+        );
+        assert_eq!(x.latency_observations, None);
     }
 
     #[test]

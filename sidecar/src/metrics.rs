@@ -223,9 +223,44 @@ pub fn render(s: &Shared) -> Result<String, std::fmt::Error> {
     families.push(
         Family::counter(
             "coherence_sidecar_record_errors",
-            "Records that could not be signed or stored.",
+            "Epochs whose records the outbox refused (held, tried again), plus records it can never take.",
         )
         .with(&[], n(&c.record_errors)),
+    );
+    families.push(
+        Family::gauge(
+            "coherence_sidecar_records_held",
+            "Signed records waiting in memory because the outbox refused a write.",
+        )
+        .with(&[], s.held().len() as f64),
+    );
+    families.push(
+        Family::counter(
+            "coherence_sidecar_records_retried",
+            "Held records stored in the outbox at a later epoch.",
+        )
+        .with(&[], n(&c.records_retried)),
+    );
+    families.push(
+        Family::counter(
+            "coherence_sidecar_records_lost",
+            "Records given up: too many held, or larger than the outbox.",
+        )
+        .with(&[], n(&c.records_lost)),
+    );
+    families.push(
+        Family::counter(
+            "coherence_sidecar_outbox_write_errors",
+            "Outbox writes or syncs that failed (the record was not stored).",
+        )
+        .with(&[], ob.write_errors as f64),
+    );
+    families.push(
+        Family::counter(
+            "coherence_sidecar_outbox_recoveries",
+            "Times the outbox cut back an unknown tail after a failed write and went on.",
+        )
+        .with(&[], ob.recoveries as f64),
     );
     families.push(
         Family::counter(

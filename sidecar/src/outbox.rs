@@ -13,8 +13,16 @@
 //! engine is never lost, and after a restart exactly the records without an `Ack` or `Dead`
 //! frame are pending again, in seq order. Dead-lettering first appends the record to
 //! `dlq.jsonl` and syncs it, then writes the `Dead` frame: a crash in between puts the record
-//! in the dead-letter file twice, never zero times. If a write or a sync fails, the outbox
-//! refuses every later write (the state of the file is no longer known; a restart recovers).
+//! in the dead-letter file twice, never zero times.
+//!
+//! **Failed writes.** If a write or a sync fails (a full disk, an I/O error), the file is cut
+//! back to its last synced length and the error is returned: the record was not stored and the
+//! caller keeps it (the engine retries it at the next epoch). When the cut itself fails, the
+//! tail of the file is unknown and writes are refused until it is repaired: the next write first
+//! reopens the file and cuts it to the last synced length again, and goes on once that worked.
+//! Nothing that was synced is touched, so a transient error never stops the outbox for good.
+//! Failures and repairs are counted ([`OutboxStats::write_errors`],
+//! [`OutboxStats::recoveries`]).
 //!
 //! **Recovery.** [`Outbox::open`] reads every segment in order. A short or CRC-bad frame at the
 //! end of the newest segment is a torn write (the process died before the append returned): it
@@ -194,6 +202,12 @@ pub struct OutboxStats {
     pub torn_bytes: u64,
     /// Older segments found corrupt when the outbox was opened (their rest was skipped).
     pub corrupt_segments: u64,
+    /// Writes or syncs that failed since start (the record or mark was not stored).
+    pub write_errors: u64,
+    /// Times a file whose tail was unknown after a failed write was cut back and reopened.
+    pub recoveries: u64,
+    /// Whether writes are refused until the next repair attempt succeeds.
+    pub failed: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -410,7 +424,14 @@ struct Inner {
     degraded_since_ms: Option<i64>,
     torn_bytes: u64,
     corrupt_segments: u64,
+    /// Length of `dlq.jsonl` after its last synced line.
+    dlq_len: u64,
+    write_errors: u64,
+    recoveries: u64,
+    /// Set when a failed write could not be cut back: the tail of a file is unknown.
     failed: Option<String>,
+    /// Writes still to fail on purpose ([`Outbox::inject_write_failures`]).
+    inject_failures: u32,
 }
 
 /// The durable, bounded outbox. See the module documentation.
@@ -457,8 +478,9 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), OutboxE
     Ok((open_segment_file(&path)?, path))
 }
 
-/// Opens the dead-letter file for appending, cutting off a partial last line.
-fn open_dlq(dir: &Path) -> Result<File, OutboxError> {
+/// Opens the dead-letter file for appending, cutting off a partial last line; returns the
+/// file and its length.
+fn open_dlq(dir: &Path) -> Result<(File, u64), OutboxError> {
     let path = dir.join(DLQ_FILE);
     let mut f = OpenOptions::new()
         .create(true)
@@ -474,8 +496,9 @@ fn open_dlq(dir: &Path) -> Result<File, OutboxError> {
             .map_err(io_err(&path, "truncate partial line"))?;
         f.sync_all().map_err(io_err(&path, "fsync"))?;
         tracing::warn!(file = %path.display(), cut = buf.len() - keep, "dead-letter file: partial last line cut off");
+        return Ok((f, keep as u64));
     }
-    Ok(f)
+    Ok((f, buf.len() as u64))
 }
 
 impl Outbox {
@@ -608,7 +631,7 @@ impl Outbox {
                 (next_seq, f, MAGIC.len() as u64)
             }
         };
-        let dlq = open_dlq(&dir)?;
+        let (dlq, dlq_len) = open_dlq(&dir)?;
         let degraded_since_ms = if pending.is_empty() {
             None
         } else {
@@ -632,7 +655,11 @@ impl Outbox {
             degraded_since_ms,
             torn_bytes,
             corrupt_segments,
+            dlq_len,
+            write_errors: 0,
+            recoveries: 0,
             failed: None,
+            inject_failures: 0,
         };
         inner.rotate_if_full()?;
         inner.delete_resolved_segments()?;
@@ -674,7 +701,7 @@ impl Outbox {
         }
         let seq = {
             let mut g = self.lock();
-            g.check_failed()?;
+            g.repair()?;
             let seq = g.next_seq;
             let body = make(seq);
             g.append(seq, kind, id, &body)?;
@@ -713,7 +740,7 @@ impl Outbox {
     /// acknowledged, dead-lettered, or unknown).
     pub fn ack(&self, seq: u64) -> Result<bool, OutboxError> {
         let mut g = self.lock();
-        g.check_failed()?;
+        g.repair()?;
         if !g.pending.contains_key(&seq) {
             return Ok(false);
         }
@@ -730,7 +757,7 @@ impl Outbox {
     /// when it was not pending.
     pub fn dead_letter(&self, seq: u64, reason: &str) -> Result<bool, OutboxError> {
         let mut g = self.lock();
-        g.check_failed()?;
+        g.repair()?;
         let Some(p) = g.pending.get(&seq).cloned() else {
             return Ok(false);
         };
@@ -760,6 +787,9 @@ impl Outbox {
             segments: g.segments.len() as u64,
             torn_bytes: g.torn_bytes,
             corrupt_segments: g.corrupt_segments,
+            write_errors: g.write_errors,
+            recoveries: g.recoveries,
+            failed: g.failed.is_some(),
         }
     }
 
@@ -793,14 +823,73 @@ impl Outbox {
     pub fn dlq_path(&self) -> PathBuf {
         self.lock().dir.join(DLQ_FILE)
     }
+
+    /// Makes the next `n` writes (segment or dead-letter file) fail as a full disk would, before
+    /// anything reaches the file. For tests of what happens to a record that could not be
+    /// stored; a running sidecar never calls it.
+    #[doc(hidden)]
+    pub fn inject_write_failures(&self, n: u32) {
+        self.lock().inject_failures = n;
+    }
+
+    /// Makes the next write fail *and* leaves the outbox refusing writes until its repair (as
+    /// when a failed write could not be cut back), for tests of the repair.
+    #[doc(hidden)]
+    pub fn inject_unknown_tail(&self) {
+        let mut g = self.lock();
+        g.failed = Some("injected: tail of the active segment unknown".into());
+        g.write_errors += 1;
+    }
 }
 
 impl Inner {
-    fn check_failed(&self) -> Result<(), OutboxError> {
-        match &self.failed {
-            Some(f) => Err(OutboxError::Failed(f.clone())),
-            None => Ok(()),
+    /// After a write that could not be cut back: reopens the active segment and the
+    /// dead-letter file and cuts both to their last synced length. Refuses (`Failed`) while
+    /// that does not work.
+    fn repair(&mut self) -> Result<(), OutboxError> {
+        let Some(why) = self.failed.clone() else {
+            return Ok(());
+        };
+        let seg = self.active_path();
+        let dlq_path = self.dir.join(DLQ_FILE);
+        let cut = |path: &Path, len: u64| -> Result<File, OutboxError> {
+            let f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(io_err(path, "reopen"))?;
+            f.set_len(len).map_err(io_err(path, "cut back"))?;
+            f.sync_all().map_err(io_err(path, "fsync"))?;
+            Ok(f)
+        };
+        let repaired = cut(&seg, self.size).and_then(|f| Ok((f, cut(&dlq_path, self.dlq_len)?)));
+        match repaired {
+            Ok((file, dlq)) => {
+                self.file = file;
+                self.dlq = dlq;
+                self.failed = None;
+                self.recoveries += 1;
+                tracing::warn!(after = %why, "outbox: repaired after a failed write; writing again");
+                // A rotation that failed with the write is tried again.
+                self.rotate_if_full()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox: still cannot repair after a failed write");
+                Err(OutboxError::Failed(format!("{why}; repair: {e}")))
+            }
         }
+    }
+
+    /// A write failure injected by [`Outbox::inject_write_failures`].
+    fn injected(&mut self, path: &Path, op: &'static str) -> Result<(), OutboxError> {
+        if self.inject_failures == 0 {
+            return Ok(());
+        }
+        self.inject_failures -= 1;
+        Err(io_err(path, op)(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "no space left on device (injected)",
+        )))
     }
 
     fn active_path(&self) -> PathBuf {
@@ -808,25 +897,32 @@ impl Inner {
     }
 
     /// Appends `buf` to the active segment and syncs it. On failure the segment is cut back to
-    /// its last good size if possible; either way the outbox refuses later writes.
+    /// its last synced size; if that fails too, writes are refused until [`Inner::repair`]
+    /// succeeds.
     fn write_synced(&mut self, buf: &[u8]) -> Result<(), OutboxError> {
         let path = self.active_path();
-        let res = self
-            .file
-            .write_all(buf)
-            .map_err(io_err(&path, "append"))
-            .and_then(|()| self.file.sync_data().map_err(io_err(&path, "fdatasync")));
+        let res = self.injected(&path, "append").and_then(|()| {
+            self.file
+                .write_all(buf)
+                .map_err(io_err(&path, "append"))
+                .and_then(|()| self.file.sync_data().map_err(io_err(&path, "fdatasync")))
+        });
         match res {
             Ok(()) => {
                 self.size += buf.len() as u64;
                 Ok(())
             }
             Err(e) => {
-                if let Err(te) = self.file.set_len(self.size) {
-                    tracing::error!(error = %te, "outbox: cannot cut back a failed write");
+                self.write_errors += 1;
+                let len = self.size;
+                let cut = self.file.set_len(len).and_then(|()| self.file.sync_all());
+                match cut {
+                    Ok(()) => tracing::error!(error = %e, "outbox: write failed and was cut back"),
+                    Err(te) => {
+                        tracing::error!(error = %e, cut_error = %te, "outbox: write failed and cannot be cut back yet; writes wait for a repair");
+                        self.failed = Some(e.to_string());
+                    }
                 }
-                tracing::error!(error = %e, "outbox: write failed; refusing further writes");
-                self.failed = Some(e.to_string());
                 Err(e)
             }
         }
@@ -934,8 +1030,15 @@ impl Inner {
             s.open_records += 1;
         }
         self.next_seq = seq + 1;
-        self.rotate_if_full()?;
-        self.delete_resolved_segments()
+        // The record is durable: what follows only tidies up, and is tried again after the next
+        // write if it fails, so the caller must not store the record a second time.
+        if let Err(e) = self
+            .rotate_if_full()
+            .and_then(|()| self.delete_resolved_segments())
+        {
+            tracing::error!(error = %e, "outbox: record stored; segment rotation or deletion failed");
+        }
+        Ok(())
     }
 
     /// Appends dead-letter lines for `recs` and syncs the file.
@@ -964,17 +1067,29 @@ impl Inner {
             s.push('\n');
             text.extend_from_slice(s.as_bytes());
         }
-        let res = self
-            .dlq
-            .write_all(&text)
-            .map_err(io_err(&path, "append"))
-            .and_then(|()| self.dlq.sync_data().map_err(io_err(&path, "fdatasync")));
-        if let Err(e) = res {
-            tracing::error!(error = %e, "outbox: dead-letter write failed; refusing further writes");
-            self.failed = Some(e.to_string());
-            return Err(e);
+        let res = self.injected(&path, "append").and_then(|()| {
+            self.dlq
+                .write_all(&text)
+                .map_err(io_err(&path, "append"))
+                .and_then(|()| self.dlq.sync_data().map_err(io_err(&path, "fdatasync")))
+        });
+        match res {
+            Ok(()) => {
+                self.dlq_len += text.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.write_errors += 1;
+                let len = self.dlq_len;
+                if let Err(te) = self.dlq.set_len(len).and_then(|()| self.dlq.sync_all()) {
+                    tracing::error!(error = %e, cut_error = %te, "outbox: dead-letter write failed and cannot be cut back yet; writes wait for a repair");
+                    self.failed = Some(e.to_string());
+                } else {
+                    tracing::error!(error = %e, "outbox: dead-letter write failed and was cut back");
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// Drops `seq` from the pending set (its frame was written and synced).
@@ -1003,8 +1118,10 @@ impl Inner {
         // Everything written so far was synced by its writer; the new segment is named after
         // the next seq, so numbering survives even when every older segment is deleted.
         let first = self.next_seq.max(self.active + 1);
-        let (file, path) = create_segment(&self.dir, first).inspect_err(|e| {
-            self.failed = Some(e.to_string());
+        // On failure the active segment stays as it is and the rotation is tried again after
+        // the next write.
+        let (file, path) = create_segment(&self.dir, first).inspect_err(|_| {
+            self.write_errors += 1;
         })?;
         self.segments.insert(
             first,
@@ -1258,6 +1375,96 @@ mod tests {
             Err(OutboxError::TooLarge { .. })
         ));
         assert_eq!(seqs(&o), vec![8]);
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_back_and_the_next_append_goes_on() {
+        let d = tempfile::tempdir().unwrap();
+        let s = settings(d.path(), 1 << 20, 64 << 10);
+        let o = Outbox::open(&s).unwrap();
+        assert_eq!(o.append(Kind::Pcs, "id-1", &body(1)).unwrap(), 1);
+        let seg = segment_files(d.path()).pop().unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        o.inject_write_failures(1);
+        let err = o.append(Kind::Pcs, "id-2", &body(2)).unwrap_err();
+        assert!(err.to_string().contains("no space left"), "{err}");
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
+        let st = o.stats();
+        assert_eq!((st.pending, st.write_errors, st.failed), (1, 1, false));
+        // The record that failed is stored on the next try, with the seq it would have had.
+        assert_eq!(o.append(Kind::Pcs, "id-2", &body(2)).unwrap(), 2);
+        // An acknowledgement that fails leaves the record pending; the next one goes through.
+        o.inject_write_failures(1);
+        assert!(o.ack(1).is_err());
+        assert_eq!(seqs(&o), vec![1, 2]);
+        assert!(o.ack(1).unwrap());
+        drop(o);
+        let o = Outbox::open(&s).unwrap();
+        assert_eq!(seqs(&o), vec![2]);
+        assert_eq!(o.stats().torn_bytes, 0);
+        let r = o.peek_batch(1).unwrap();
+        assert_eq!((r[0].id.as_str(), r[0].body.clone()), ("id-2", body(2)));
+    }
+
+    #[test]
+    fn an_unknown_tail_is_cut_off_before_the_next_write() {
+        let d = tempfile::tempdir().unwrap();
+        let s = settings(d.path(), 1 << 20, 64 << 10);
+        let o = Outbox::open(&s).unwrap();
+        o.append(Kind::Pcs, "id-1", &body(1)).unwrap();
+        let seg = segment_files(d.path()).pop().unwrap();
+        let good = std::fs::metadata(&seg).unwrap().len();
+        // A write that failed half-way and could not be cut back: half a frame is on disk.
+        let mut frame = Vec::new();
+        push_frame(&mut frame, &record_payload(2, Kind::Pcs, "id-2", &body(2)));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&frame[..frame.len() / 2]).unwrap();
+        drop(f);
+        let mut dlq = OpenOptions::new()
+            .append(true)
+            .open(d.path().join(DLQ_FILE))
+            .unwrap();
+        dlq.write_all(b"{\"seq\":1,\"ki").unwrap();
+        drop(dlq);
+        o.inject_unknown_tail();
+        assert!(o.stats().failed);
+        assert_eq!(o.append(Kind::Pcs, "id-2", &body(2)).unwrap(), 2);
+        let st = o.stats();
+        assert_eq!((st.failed, st.recoveries, st.write_errors), (false, 1, 1));
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            good + frame.len() as u64,
+            "the half frame was cut before the new one"
+        );
+        o.dead_letter(1, "max_attempts").unwrap();
+        assert_eq!(dlq_lines(d.path()).len(), 1, "the partial line was cut too");
+        drop(o);
+        let o = Outbox::open(&s).unwrap();
+        assert_eq!(seqs(&o), vec![2]);
+        assert_eq!(o.stats().torn_bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_overflow_drops_nothing_and_the_next_append_makes_room() {
+        let d = tempfile::tempdir().unwrap();
+        let one = (FRAME_HEADER + record_payload(1, Kind::Pcs, "id-01", &body(1)).len()) as u64;
+        let s = settings(d.path(), one * 2 + one / 2, 1 << 20);
+        let o = Outbox::open(&s).unwrap();
+        for i in 1..=2 {
+            o.append(Kind::Pcs, &format!("id-{i:02}"), &body(i))
+                .unwrap();
+        }
+        // The dead-letter write of the overflow fails: nothing moves, nothing is appended.
+        o.inject_write_failures(1);
+        assert!(o.append(Kind::Pcs, "id-03", &body(3)).is_err());
+        assert_eq!(seqs(&o), vec![1, 2]);
+        assert_eq!(o.stats().overflow_total, 0);
+        assert!(dlq_lines(d.path()).is_empty());
+        assert_eq!(o.append(Kind::Pcs, "id-03", &body(3)).unwrap(), 3);
+        assert_eq!(seqs(&o), vec![2, 3]);
+        let dlq = dlq_lines(d.path());
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(dlq[0]["id"], "id-01");
     }
 
     #[test]

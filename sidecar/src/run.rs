@@ -9,7 +9,7 @@ use crate::api;
 use crate::config::{Alg, Config, ConfigError};
 use crate::deliver::{DeliverError, Deliverer, DeliveryStats};
 use crate::engine::{self, Engine, EpochOutput};
-use crate::outbox::{Kind, Outbox};
+use crate::outbox::{Kind, Outbox, OutboxError};
 use crate::persist;
 use crate::sample::{Batch, SourceStats};
 use crate::sources;
@@ -21,7 +21,7 @@ use coherence_core::pcs::{KeyEnv, Pcs, Signer};
 pub const LINE_KEY_ENV: &str = "COHERENCE_AES_KEY";
 use coherence_core::telemetry::format_ts_ms;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -369,30 +369,29 @@ async fn close_epoch(
             "no PCS this epoch"
         );
     }
-    let ob = outbox.clone();
-    let appended = tokio::task::spawn_blocking(move || {
-        records
-            .into_iter()
-            .map(|r| {
-                let kind = r.kind();
-                (kind, r.append_to(&ob).map_err(|e| e.to_string()))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
-    for (kind, result) in appended {
-        match (kind, result) {
-            (Kind::Pcs, Ok(_)) => {
-                c.pcs_built.fetch_add(1, Ordering::Relaxed);
+    let (ob, sh) = (outbox.clone(), shared.clone());
+    let stored = tokio::task::spawn_blocking(move || sh.held().store(&ob, records)).await;
+    match stored {
+        Ok(st) => {
+            c.pcs_built.fetch_add(st.pcs, Ordering::Relaxed);
+            c.reports_built.fetch_add(st.reports, Ordering::Relaxed);
+            c.records_retried.fetch_add(st.retried, Ordering::Relaxed);
+            c.record_errors
+                .fetch_add(u64::from(st.failed > 0) + st.refused, Ordering::Relaxed);
+            c.records_lost
+                .fetch_add(st.lost + st.refused, Ordering::Relaxed);
+            if st.failed > 0 {
+                tracing::error!(
+                    epoch,
+                    held = st.held,
+                    error = st.error.as_deref().unwrap_or(""),
+                    "records not stored in the outbox: held in memory, tried again at the next epoch"
+                );
             }
-            (Kind::Signals, Ok(_)) => {
-                c.reports_built.fetch_add(1, Ordering::Relaxed);
-            }
-            (_, Err(e)) => {
-                c.record_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(epoch, error = %e, "record not stored in the outbox");
-            }
+        }
+        Err(e) => {
+            c.record_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(epoch, error = %e, "storing the epoch's records failed");
         }
     }
     let shard = shared.engine().shard_id().to_string();
@@ -409,6 +408,113 @@ async fn close_epoch(
         u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         Ordering::Relaxed,
     );
+}
+
+/// Records held in memory at most, waiting for the outbox to take writes again (32 epochs of a
+/// PCS and a SignalReport); beyond it the oldest are dropped and counted as lost.
+pub const HELD_MAX: usize = 64;
+
+/// Signed records the outbox could not store (a write or sync failed: a full disk, an I/O
+/// error), kept in memory in their order and stored before the next epoch's records. Bounded by
+/// [`HELD_MAX`]; a sidecar that stops loses what is held (it was never acknowledged as stored).
+#[derive(Debug)]
+pub struct Held {
+    queue: VecDeque<Signed>,
+    max: usize,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self::new(HELD_MAX)
+    }
+}
+
+/// What [`Held::store`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreOutcome {
+    /// PCS records stored.
+    pub pcs: u64,
+    /// SignalReports stored.
+    pub reports: u64,
+    /// Of those, records that had been held from an earlier epoch.
+    pub retried: u64,
+    /// Records not stored this time (held for the next try).
+    pub failed: u64,
+    /// Records the outbox can never take (larger than `outbox.maxBytes`): dropped.
+    pub refused: u64,
+    /// Held records dropped because more than the limit were waiting.
+    pub lost: u64,
+    /// Records held after this call.
+    pub held: usize,
+    /// The outbox's error, when a record was not stored.
+    pub error: Option<String>,
+}
+
+impl Held {
+    /// An empty queue holding at most `max` records.
+    pub fn new(max: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Stores the held records, then `new`, in order (blocking: one fsync per record). At the
+    /// first record the outbox does not take, that record and every later one are held, so
+    /// records reach the outbox, and the verifier, in the order they were built.
+    pub fn store(&mut self, outbox: &Outbox, new: Vec<Signed>) -> StoreOutcome {
+        let mut out = StoreOutcome::default();
+        let mut retry = self.queue.len() as u64;
+        self.queue.extend(new);
+        while let Some(r) = self.queue.pop_front() {
+            let kind = r.kind();
+            match r.clone().append_to(outbox) {
+                Ok(_) => {
+                    match kind {
+                        Kind::Pcs => out.pcs += 1,
+                        Kind::Signals => out.reports += 1,
+                    }
+                    if retry > 0 {
+                        out.retried += 1;
+                    }
+                }
+                Err(e @ (OutboxError::TooLarge { .. } | OutboxError::IdTooLong(_))) => {
+                    out.refused += 1;
+                    tracing::error!(kind = kind.as_str(), error = %e, "record dropped: the outbox cannot take it");
+                }
+                Err(e) => {
+                    out.failed = self.queue.len() as u64 + 1;
+                    out.error = Some(e.to_string());
+                    self.queue.push_front(r);
+                    break;
+                }
+            }
+            retry = retry.saturating_sub(1);
+        }
+        while self.queue.len() > self.max {
+            self.queue.pop_front();
+            out.lost += 1;
+        }
+        if out.lost > 0 {
+            tracing::error!(
+                lost = out.lost,
+                max = self.max,
+                "records dropped: more were waiting for the outbox than can be held"
+            );
+        }
+        out.held = self.queue.len();
+        out
+    }
 }
 
 /// A signed record ready for the outbox.
@@ -470,4 +576,105 @@ pub fn sign_records(
         Err(e) => tracing::error!(epoch = out.epoch, error = %e, "report not signed"),
     }
     records
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::config::OutboxSettings;
+
+    fn outbox(dir: &Path) -> Outbox {
+        Outbox::open(&OutboxSettings {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            segment_bytes: 64 << 10,
+        })
+        .unwrap()
+    }
+
+    fn report(epoch: u64) -> Signed {
+        Signed::Report(format!("r{epoch}"), format!("{{\"epoch\":{epoch}}}"))
+    }
+
+    fn ids(o: &Outbox) -> Vec<String> {
+        o.peek_batch(usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    #[test]
+    fn records_the_outbox_refused_are_stored_at_the_next_epoch_first_and_once() {
+        let d = tempfile::tempdir().unwrap();
+        let o = outbox(d.path());
+        let mut held = Held::new(8);
+        assert_eq!(held.store(&o, vec![report(1)]).reports, 1);
+
+        // Epoch 2: the disk is full for the first write; both records of the epoch wait.
+        o.inject_write_failures(1);
+        let st = held.store(&o, vec![report(2), report(3)]);
+        assert_eq!((st.reports, st.failed, st.held), (0, 2, 2));
+        assert!(st.error.unwrap().contains("no space left"));
+        assert_eq!(ids(&o), vec!["r1"]);
+
+        // Epoch 3: the held records go first, in order, then the new one; nothing twice.
+        let st = held.store(&o, vec![report(4)]);
+        assert_eq!((st.reports, st.retried, st.failed, st.held), (3, 2, 0, 0));
+        assert_eq!(ids(&o), vec!["r1", "r2", "r3", "r4"]);
+        let bodies: Vec<Vec<u8>> = o
+            .peek_batch(usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.body)
+            .collect();
+        assert_eq!(bodies[2], b"{\"epoch\":3}");
+        assert!(held.is_empty());
+        assert_eq!(o.stats().write_errors, 1);
+    }
+
+    #[test]
+    fn a_failure_in_the_middle_of_an_epoch_keeps_the_rest_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let o = outbox(d.path());
+        let mut held = Held::new(8);
+        held.store(&o, vec![report(1)]);
+        // The first write works, the second fails: the second and third wait.
+        o.inject_write_failures(0);
+        let seq_before = o.next_seq();
+        let st = {
+            // Store one, then make the outbox fail, then store the rest.
+            let first = held.store(&o, vec![report(2)]);
+            o.inject_write_failures(3);
+            let rest = held.store(&o, vec![report(3), report(4)]);
+            assert_eq!(first.reports, 1);
+            rest
+        };
+        assert_eq!((st.failed, st.held), (2, 2));
+        assert_eq!(o.next_seq(), seq_before + 1);
+        // Still failing at the next epoch: everything waits, in order, and nothing is stored.
+        let st = held.store(&o, vec![report(5)]);
+        assert_eq!((st.reports, st.held), (0, 3));
+        let st = held.store(&o, vec![report(6)]);
+        assert_eq!((st.reports, st.held), (0, 4));
+        // The disk has room again.
+        let st = held.store(&o, vec![]);
+        assert_eq!((st.reports, st.retried, st.held), (4, 4, 0));
+        assert_eq!(ids(&o), vec!["r1", "r2", "r3", "r4", "r5", "r6"]);
+    }
+
+    #[test]
+    fn the_held_queue_is_bounded_and_drops_the_oldest() {
+        let d = tempfile::tempdir().unwrap();
+        let o = outbox(d.path());
+        let mut held = Held::new(3);
+        o.inject_write_failures(u32::MAX);
+        let st = held.store(&o, (1..=5).map(report).collect());
+        assert_eq!((st.lost, st.held), (2, 3));
+        o.inject_write_failures(0);
+        let st = held.store(&o, vec![]);
+        assert_eq!(st.reports, 3);
+        assert_eq!(ids(&o), vec!["r3", "r4", "r5"]);
+    }
 }

@@ -36,8 +36,13 @@ pub struct Counters {
     pub pcs_skipped: AtomicU64,
     /// SignalReports put in the outbox.
     pub reports_built: AtomicU64,
-    /// Records that could not be signed or stored in the outbox.
+    /// Epochs whose records the outbox refused (they are held and tried again), plus records
+    /// it can never take.
     pub record_errors: AtomicU64,
+    /// Records stored at a later epoch after the outbox had refused them.
+    pub records_retried: AtomicU64,
+    /// Records given up: more were held than [`crate::run::HELD_MAX`], or too large to store.
+    pub records_lost: AtomicU64,
     /// Rows written by the rolling persistence.
     pub persisted_rows: AtomicU64,
     /// Rolling persistence failures.
@@ -87,6 +92,7 @@ pub struct Shared {
     pub outbox: Arc<crate::outbox::Outbox>,
     /// The sender's figures.
     pub delivery: Arc<crate::deliver::DeliveryStats>,
+    held: Mutex<crate::run::Held>,
 }
 
 impl Shared {
@@ -105,7 +111,14 @@ impl Shared {
             started_ms: now_ms(),
             outbox,
             delivery,
+            held: Mutex::new(crate::run::Held::default()),
         }
+    }
+
+    /// Records waiting to be stored in the outbox (held briefly: the epoch loop stores them
+    /// on the blocking pool).
+    pub fn held(&self) -> MutexGuard<'_, crate::run::Held> {
+        lock(&self.held)
     }
 
     /// The engine (held briefly: the epoch loop and the API share it).
@@ -188,6 +201,9 @@ impl Shared {
                 "pcsSkipped": c.pcs_skipped.load(Ordering::Relaxed),
                 "reportsBuilt": c.reports_built.load(Ordering::Relaxed),
                 "recordErrors": c.record_errors.load(Ordering::Relaxed),
+                "recordsHeld": self.held().len(),
+                "recordsRetried": c.records_retried.load(Ordering::Relaxed),
+                "recordsLost": c.records_lost.load(Ordering::Relaxed),
                 "windowsLeftOut": c.windows_left_out.load(Ordering::Relaxed),
                 "persistedRows": c.persisted_rows.load(Ordering::Relaxed),
                 "persistErrors": c.persist_errors.load(Ordering::Relaxed),

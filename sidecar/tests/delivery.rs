@@ -8,6 +8,7 @@ mod common;
 use coherence_sidecar::config::{DeliverySettings, OutboxSettings, VerifierSettings};
 use coherence_sidecar::deliver::{Deliverer, DeliveryStats};
 use coherence_sidecar::outbox::{Kind, Outbox};
+use coherence_sidecar::run::{Held, Signed};
 use coherence_sidecar::sample::Dur;
 use coherence_verifier::tls::certgen;
 use common::{Verifier, eventually, signed_pcs};
@@ -175,6 +176,75 @@ async fn every_record_is_delivered_once_across_a_verifier_outage() {
     let again = outbox(&dir.path().join("outbox"));
     assert_eq!(again.pending_len(), 0);
     assert_eq!(again.next_seq(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_outbox_refused_are_held_and_delivered_later_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    certgen::generate(&certs, &[], 30).unwrap();
+    let mut v = Verifier::start(&certs, &dir.path().join("wal"));
+    v.ready().await;
+    let ob = outbox(&dir.path().join("outbox"));
+    let cfg = settings(
+        v.endpoint(),
+        &certs.join("ca.crt"),
+        &certs.join("client.crt"),
+        &certs.join("client.key"),
+    );
+    let sender = Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap();
+    let stats = sender.stats();
+    let (stop, rx) = watch::channel(false);
+    let task = sender.spawn(rx);
+
+    let shard = "shop/checkout/checkout-0";
+    let pcs = |epoch: u64| Signed::Pcs(Box::new(signed_pcs(shard, epoch, 0)));
+    let mut held = Held::default();
+    assert_eq!(held.store(&ob, vec![pcs(1)]).pcs, 1);
+    // The disk is full while epoch 2 is stored, and the write after the failure cannot even be
+    // cut back: the outbox refuses writes until it has repaired its tail.
+    ob.inject_write_failures(1);
+    let st = held.store(&ob, vec![pcs(2)]);
+    assert_eq!((st.pcs, st.held), (0, 1), "{st:?}");
+    ob.inject_unknown_tail();
+    drained(&ob, &stats).await;
+    let (code, _) = v.record(&pcs_id_of(shard, 2)).await;
+    assert_eq!(code, 404, "epoch 2 is not delivered while it is held");
+
+    // The next epoch: the held record goes first, then the new one; both are delivered.
+    let st = held.store(&ob, vec![pcs(3)]);
+    assert_eq!((st.pcs, st.retried, st.held), (2, 1, 0), "{st:?}");
+    let ost = ob.stats();
+    assert_eq!(
+        (ost.write_errors, ost.recoveries, ost.failed),
+        (2, 1, false)
+    );
+    drained(&ob, &stats).await;
+    let mut wal_seqs = Vec::new();
+    for epoch in 1..=3 {
+        let (code, body) = v.record(&pcs_id_of(shard, epoch)).await;
+        assert_eq!(
+            (code, &body["status"]),
+            (200, &Value::from(200)),
+            "{epoch}: {body}"
+        );
+        wal_seqs.push(body["seq"].as_u64().unwrap());
+    }
+    assert!(
+        wal_seqs.windows(2).all(|w| w[0] < w[1]),
+        "in epoch order: {wal_seqs:?}"
+    );
+    assert_eq!(stats.snapshot().sent_ok, 3, "{}", stats_line(&stats));
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the sender stops promptly")
+        .unwrap();
+    assert!(v.terminate().success());
+    let audit = coherence_verifier::wal::audit(&v.wal).unwrap();
+    assert_eq!(audit.first_applications, 3, "{audit:?}");
+    assert!(audit.applied_more_than_once.is_empty(), "{audit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

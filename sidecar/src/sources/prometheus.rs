@@ -4,7 +4,8 @@
 //! match the whole name), and `labels` keeps only series carrying every listed label value.
 //! Signal names: the metric name when it has one selected series in the scrape, else the
 //! metric name followed by its sorted labels (`http_requests_total{code="200",method="get"}`);
-//! with `aggregate: sum` the series of a metric are summed into one signal named after it.
+//! with `aggregate: sum` the series of a metric are summed into one signal named after it (a
+//! histogram's `_bucket` series per `le`, into `NAME_bucket{le="…"}`).
 //!
 //! Counters (`# TYPE counter`, histogram and summary cumulative series, or an undeclared name
 //! ending in `_total`) become per-second rates between consecutive scrapes of each series:
@@ -216,7 +217,8 @@ pub(crate) fn samples_of(
     }
     let mut seen_keys = Vec::with_capacity(selected.len());
     // Per metric (aggregate: sum): value sum, latest time, whether any part contributed.
-    let mut sums: BTreeMap<&str, (f64, i64)> = BTreeMap::new();
+    // A histogram's buckets are summed per `le`, so the sum is still a histogram.
+    let mut sums: BTreeMap<String, (f64, i64)> = BTreeMap::new();
     let mut out = Vec::new();
     let (mut non_finite, mut resets, mut out_of_order) = (0u64, 0u64, 0u64);
     for s in selected {
@@ -257,7 +259,20 @@ pub(crate) fn samples_of(
         seen_keys.push(key.clone());
         let Some(value) = value else { continue };
         if cfg.aggregate == Aggregate::Sum {
-            let e = sums.entry(s.name.as_str()).or_insert((0.0, i64::MIN));
+            let le = s
+                .name
+                .ends_with("_bucket")
+                .then(|| s.labels.iter().find(|(k, _)| k == "le"))
+                .flatten();
+            let name = match le {
+                Some(le) => format!(
+                    "{}{}",
+                    s.name,
+                    exposition::labels_text(std::slice::from_ref(le))
+                ),
+                None => s.name.clone(),
+            };
+            let e = sums.entry(name).or_insert((0.0, i64::MIN));
             e.0 += value;
             e.1 = e.1.max(ts);
         } else {
@@ -275,7 +290,7 @@ pub(crate) fn samples_of(
     }
     for (name, (value, ts)) in sums {
         out.push(Sample {
-            signal: name.to_string(),
+            signal: name,
             ts_ms: ts,
             value,
         });
@@ -506,6 +521,34 @@ mod tests {
             &stats,
         );
         assert_eq!(r, vec![("hits_total".into(), 10_000, 4.0)]);
+    }
+
+    #[test]
+    fn summed_histogram_buckets_keep_their_le() {
+        let mut c = cfg(&["lat_seconds_bucket"]);
+        c.aggregate = Aggregate::Sum;
+        let stats = SourceStats::default();
+        let mut st = HashMap::new();
+        let text = |a: [u32; 4]| {
+            format!(
+                "# TYPE lat_seconds histogram\n\
+                 lat_seconds_bucket{{h=\"a\",le=\"0.1\"}} {}\n\
+                 lat_seconds_bucket{{h=\"a\",le=\"+Inf\"}} {}\n\
+                 lat_seconds_bucket{{h=\"b\",le=\"0.1\"}} {}\n\
+                 lat_seconds_bucket{{h=\"b\",le=\"+Inf\"}} {}\n",
+                a[0], a[1], a[2], a[3]
+            )
+        };
+        run(&c, &mut st, &text([0, 0, 0, 0]), 0, &stats);
+        let mut r = run(&c, &mut st, &text([10, 20, 30, 50]), 10_000, &stats);
+        r.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            r,
+            vec![
+                ("lat_seconds_bucket{le=\"+Inf\"}".into(), 10_000, 7.0),
+                ("lat_seconds_bucket{le=\"0.1\"}".into(), 10_000, 4.0),
+            ]
+        );
     }
 
     #[test]
