@@ -8,6 +8,12 @@
 //! - `Dead` (3): `seq u64 | cause u8 | at_ms i64` — the record went to the dead-letter file
 //!   (cause 1: a permanent rejection or too many attempts, 2: the outbox overflowed).
 //!
+//! **One writer.** [`Outbox::open`] takes an exclusive advisory lock (`flock`) on
+//! `outbox.lock` in the directory before it reads anything, and holds it until the outbox is
+//! dropped. A second open of the same directory — another sidecar, or a second open in the same
+//! process — fails with [`OutboxError::Locked`] instead of appending to the same segments. The
+//! kernel releases the lock when the process exits, however it exits.
+//!
 //! **Durability.** [`Outbox::append`], [`Outbox::ack`] and [`Outbox::dead_letter`] write their
 //! frame and `fdatasync` the segment before they return: a record whose seq was handed to the
 //! engine is never lost, and after a restart exactly the records without an `Ack` or `Dead`
@@ -74,6 +80,8 @@ const FRAME_HEADER: usize = 8;
 const MAX_FRAME: usize = 16 << 20;
 /// The dead-letter file in the outbox directory.
 pub const DLQ_FILE: &str = "dlq.jsonl";
+/// The lock file in the outbox directory: the open outbox holds an exclusive lock on it.
+pub const LOCK_FILE: &str = "outbox.lock";
 /// The fallback the engine reports while the outbox is degraded by an overflow.
 pub const FALLBACK_OVERFLOW: &str = "outbox_overflow";
 /// The dead-letter reason of records dropped to make room.
@@ -154,6 +162,15 @@ pub enum OutboxError {
         size: u64,
         /// The limit.
         max: u64,
+    },
+    /// Another process (or another open outbox in this process) holds the outbox directory.
+    #[error(
+        "outbox directory {dir} is held by another process (lock on {dir}/{LOCK_FILE}); \
+         each sidecar needs its own outbox.dir"
+    )]
+    Locked {
+        /// The outbox directory.
+        dir: String,
     },
     /// A record's id is longer than 65535 bytes.
     #[error("outbox: a record id of {0} bytes is longer than 65535")]
@@ -408,6 +425,8 @@ struct Segment {
 
 struct Inner {
     dir: PathBuf,
+    /// The open lock file: its exclusive lock is held as long as the outbox is open.
+    _lock: File,
     max_bytes: u64,
     segment_bytes: u64,
     segments: BTreeMap<u64, Segment>,
@@ -501,11 +520,37 @@ fn open_dlq(dir: &Path) -> Result<(File, u64), OutboxError> {
     Ok((f, buf.len() as u64))
 }
 
+/// Takes the exclusive lock on the outbox directory's lock file, without waiting. The lock
+/// belongs to this open file description (`flock`): it is released when the file is closed or
+/// the process exits (even by `SIGKILL`), and a second open in the same process is refused too.
+fn lock_dir(dir: &Path) -> Result<File, OutboxError> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path, "open lock file"))?;
+    // `fs4` (`flock(LOCK_EX | LOCK_NB)` through rustix) rather than `File::try_lock`, which
+    // needs Rust 1.89.
+    match fs4::FileExt::try_lock(&f) {
+        Ok(()) => Ok(f),
+        Err(fs4::TryLockError::WouldBlock) => Err(OutboxError::Locked {
+            dir: dir.display().to_string(),
+        }),
+        Err(fs4::TryLockError::Error(e)) => Err(io_err(&path, "lock")(e)),
+    }
+}
+
 impl Outbox {
     /// Opens (creating if needed) the outbox in `settings.dir`, recovering what is on disk.
+    /// Fails with [`OutboxError::Locked`], touching nothing, while another open outbox (in this
+    /// or another process) holds the directory.
     pub fn open(settings: &OutboxSettings) -> Result<Outbox, OutboxError> {
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir, "create"))?;
+        let lock = lock_dir(&dir)?;
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(io_err(&dir, "list"))? {
             let e = e.map_err(io_err(&dir, "list"))?;
@@ -639,6 +684,7 @@ impl Outbox {
         };
         let mut inner = Inner {
             dir,
+            _lock: lock,
             max_bytes: settings.max_bytes,
             segment_bytes: settings.segment_bytes,
             segments,
@@ -1201,6 +1247,32 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused_until_the_first_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let s = settings(d.path(), 1 << 20, 64 << 10);
+        let o = Outbox::open(&s).unwrap();
+        o.append(Kind::Pcs, "id-1", &body(1)).unwrap();
+        let seg = segment_files(d.path()).pop().unwrap();
+        let before = std::fs::read(&seg).unwrap();
+        let err = Outbox::open(&s).unwrap_err();
+        assert!(matches!(err, OutboxError::Locked { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&d.path().display().to_string()), "{msg}");
+        assert!(msg.contains("another process"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        assert_eq!(
+            std::fs::read(&seg).unwrap(),
+            before,
+            "the refused open touched nothing"
+        );
+        // The first one still works, and once it is dropped the directory can be opened again.
+        o.append(Kind::Pcs, "id-2", &body(2)).unwrap();
+        drop(o);
+        let o = Outbox::open(&s).unwrap();
+        assert_eq!(seqs(&o), vec![1, 2]);
     }
 
     #[test]

@@ -185,3 +185,132 @@ fn a_changed_file_is_reloaded_and_a_bad_one_refused() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_second_sidecar_on_the_same_outbox_exits_74_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (first_port, second_port) = (port(), port());
+    let config = |port: u16| {
+        format!(
+            "identity: {{namespace: shop, workload: web, pod: web-0}}\n\
+             sources:\n  - {{name: app, type: jsonl, path: app.jsonl, interval: 100ms}}\n\
+             epoch: 1s\nwindows: [1m]\n\
+             verifier: {{endpoint: \"http://127.0.0.1:9\"}}\n\
+             outbox: {{dir: shared-outbox}}\n\
+             api: {{listen: \"127.0.0.1:{port}\"}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("a.yaml"), config(first_port)).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), config(second_port)).unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_coherence-sidecar"))
+        .current_dir(dir.path())
+        .args(["run", "--config", "a.yaml"])
+        .env("PCS_HMAC_KEY", "k")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(first_port, "/status").is_none() {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first sidecar exited"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first sidecar never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let outbox = dir.path().join("shared-outbox");
+    let files = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&outbox);
+    assert!(!before.is_empty());
+
+    // Without the lock the second would run on: it must exit by itself, within the deadline.
+    let mut second = Command::new(env!("CARGO_BIN_EXE_coherence-sidecar"))
+        .current_dir(dir.path())
+        .args(["run", "--config", "b.yaml"])
+        .env("PCS_HMAC_KEY", "k")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            second.kill().unwrap();
+            panic!("the second sidecar kept running on the same outbox");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = second.wait_with_output().unwrap();
+    assert_eq!(second.status.code(), Some(74));
+    let err = String::from_utf8_lossy(&second.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("coherence-sidecar:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("shared-outbox"), "{err}");
+    assert!(lines[0].contains("another process"), "{err}");
+    assert!(
+        get(second_port, "/status").is_none(),
+        "the second never served"
+    );
+
+    // The first one goes on, its outbox untouched by the second.
+    assert!(first.try_wait().unwrap().is_none(), "still running");
+    let after = files(&outbox);
+    for (name, bytes) in &before {
+        let now = after.iter().find(|(n, _)| n == name);
+        if let Some((_, now)) = now {
+            assert!(now.starts_with(bytes), "{name} was rewritten");
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(first.wait().unwrap().success());
+
+    // Once the first has stopped, the directory is free again.
+    let mut again = Command::new(env!("CARGO_BIN_EXE_coherence-sidecar"))
+        .current_dir(dir.path())
+        .args(["run", "--config", "b.yaml"])
+        .env("PCS_HMAC_KEY", "k")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(second_port, "/status").is_none() {
+        assert!(
+            again.try_wait().unwrap().is_none(),
+            "the restarted sidecar exited"
+        );
+        assert!(std::time::Instant::now() < deadline, "never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-TERM", &again.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(again.wait().unwrap().success());
+}
