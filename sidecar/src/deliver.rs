@@ -36,6 +36,10 @@
 //! dropped), abandoning a request in flight: the record stays pending and is sent again after a
 //! restart (a duplicate if the verifier had already stored it, which it answers as success).
 //!
+//! **Damaged records.** A record whose bytes cannot be read back from the outbox is moved to the
+//! dead-letter file by [`Outbox::peek_batch`] itself (raw bytes, reason `unreadable: ...`), so
+//! the sender never waits on it and goes on with the next record.
+//!
 //! The outbox's `ack`/`dead_letter` (each an `fdatasync`) run on the blocking thread pool.
 //! Requests go directly to the endpoint; proxy environment variables are ignored.
 
@@ -855,5 +859,90 @@ mod tests {
             .await
             .expect("stops promptly")
             .unwrap();
+    }
+
+    /// A pending record whose bytes were damaged on disk goes to the dead-letter file with its
+    /// raw bytes and the reason; the records after it are delivered, in order.
+    #[tokio::test]
+    async fn a_damaged_record_is_dead_lettered_and_delivery_goes_on() {
+        use std::os::unix::fs::FileExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(
+            Outbox::open(&OutboxSettings {
+                dir: d.path().to_owned(),
+                ..OutboxSettings::default()
+            })
+            .unwrap(),
+        );
+        for i in 1..=3 {
+            outbox
+                .append(
+                    Kind::Pcs,
+                    &format!("p{i}"),
+                    format!("{{\"n\":{i}}}").as_bytes(),
+                )
+                .unwrap();
+        }
+        // Flip a byte of the second record's body, inside the segment.
+        let seg = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let bytes = std::fs::read(&seg).unwrap();
+        let at = bytes.windows(7).position(|w| w == b"{\"n\":2}").unwrap();
+        let frame_at = {
+            // The frame starts 8 (header) + 12 (type, seq, kind, id length) + 2 (id) before.
+            at - 8 - 12 - 2
+        };
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(b"X", (at + 5) as u64).unwrap();
+        drop(f);
+
+        let (port, seen, server) = scripted(vec![]).await;
+        let sender = plain_sender(&outbox, &format!("http://127.0.0.1:{port}"), (5, 20), 3);
+        let stats = sender.stats();
+        let (tx, rx) = watch::channel(false);
+        let task = sender.spawn(rx);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while outbox.pending_len() > 0 || stats.snapshot().sent_ok < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the records around the damaged one are delivered");
+        let bodies: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect();
+        assert_eq!(bodies, vec!["{\"n\":1}", "{\"n\":3}"]);
+        let st = outbox.stats();
+        assert_eq!((st.unreadable_total, st.dlq_total, st.pending), (1, 1, 0));
+        let dlq = std::fs::read_to_string(outbox.dlq_path()).unwrap();
+        let lines: Vec<serde_json::Value> = dlq
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{dlq}");
+        let l = &lines[0];
+        assert_eq!((l["seq"].as_u64(), l["id"].as_str()), (Some(2), Some("p2")));
+        let reason = l["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with(&format!("unreadable: crc mismatch at offset {frame_at}")),
+            "{reason}"
+        );
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(l["raw_base64"].as_str().unwrap())
+            .unwrap();
+        assert!(
+            raw.ends_with(b"{\"n\":X}"),
+            "the damaged bytes are kept: {raw:?}"
+        );
+        tx.send(true).unwrap();
+        task.await.unwrap();
+        server.abort();
     }
 }

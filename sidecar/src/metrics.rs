@@ -125,6 +125,13 @@ pub fn render(s: &Shared) -> Result<String, std::fmt::Error> {
         .with(&[], ob.overflow_total as f64),
     );
     families.push(
+        Family::counter(
+            "coherence_sidecar_outbox_unreadable",
+            "Outbox records or segment regions that could not be read back and were dead-lettered raw.",
+        )
+        .with(&[], ob.unreadable_total as f64),
+    );
+    families.push(
         Family::gauge(
             "coherence_sidecar_degraded",
             "1 while records carry ft.degraded.",

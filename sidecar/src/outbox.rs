@@ -6,7 +6,10 @@
 //! - `Record` (1): `seq u64 | kind u8 | id (u16 len) | body` — a PCS or a SignalReport;
 //! - `Ack` (2): `seq u64` — the record was delivered (the verifier answered 200/202);
 //! - `Dead` (3): `seq u64 | cause u8 | at_ms i64` — the record went to the dead-letter file
-//!   (cause 1: a permanent rejection or too many attempts, 2: the outbox overflowed).
+//!   (cause 1: a permanent rejection or too many attempts, 2: the outbox overflowed, 3: its
+//!   bytes could not be read back);
+//! - `Skip` (4): any bytes — written over a frame whose bytes were unreadable, once they are in
+//!   the dead-letter file; ignored when read.
 //!
 //! **One writer.** [`Outbox::open`] takes an exclusive advisory lock (`flock`) on
 //! `outbox.lock` in the directory before it reads anything, and holds it until the outbox is
@@ -32,8 +35,22 @@
 //!
 //! **Recovery.** [`Outbox::open`] reads every segment in order. A short or CRC-bad frame at the
 //! end of the newest segment is a torn write (the process died before the append returned): it
-//! is cut off with a warning. The same in an older segment is corruption: the rest of that
-//! segment is skipped, logged and counted in [`OutboxStats::corrupt_segments`]. Numbering goes
+//! is cut off with a warning. A CRC-bad or undecodable frame whose length leads to a good frame
+//! is damage to that frame only: its raw bytes go to the dead-letter file (reason
+//! `unreadable: crc mismatch at offset N in SEGMENT`), it is overwritten with a `Skip` frame
+//! of the same length, and reading goes on after it. When the next boundary cannot be found in
+//! an older segment (a bad length, a frame cut short), the rest of that segment goes to the
+//! dead-letter file raw (`unreadable: framing lost at offset N ...`), the segment is cut there
+//! and counted in [`OutboxStats::corrupt_segments`]. Both count in
+//! [`OutboxStats::unreadable_total`].
+//!
+//! **Unreadable records.** A pending record whose bytes no longer read back as the record that
+//! was written (damaged on disk while the sidecar runs) is met by [`Outbox::peek_batch`]: its
+//! raw bytes go to the dead-letter file with reason `unreadable: <why> at offset N in
+//! SEGMENT`, a `Dead` frame (cause 3) resolves it, its frame is overwritten with a `Skip`
+//! frame, and the batch goes on with the next record, so the sender is never stuck on it.
+//! [`Outbox::dead_letter`] and an overflow likewise write the raw bytes of a record they cannot
+//! read back, with `; unreadable: ...` added to their reason. Numbering goes
 //! on after the highest seq seen (or the name of the newest segment, which survives even when
 //! every record in it was delivered).
 //!
@@ -55,7 +72,9 @@
 //!
 //! **Dead-letter file.** `dlq.jsonl`, one JSON object per line:
 //! `{"seq", "kind": "pcs"|"signals", "id", "reason", "at": RFC 3339, "body"}` where `body` is
-//! the record's JSON; a body that is not JSON is written as `"body_base64"` instead. A partial
+//! the record's JSON; a body that is not JSON is written as `"body_base64"` instead. Bytes that
+//! could not be read back are written as `{"seq", "kind", "id" (when the record is known),
+//! "reason", "at", "segment", "offset", "raw_base64"}`: nothing is dropped unseen. A partial
 //! last line (a crash mid-append) is cut off at open; its record is still pending.
 //!
 //! **Threads.** Every method takes `&self` (one internal mutex): the engine and the sender share
@@ -90,9 +109,12 @@ pub const REASON_OVERFLOW: &str = "outbox_overflow";
 const T_RECORD: u8 = 1;
 const T_ACK: u8 = 2;
 const T_DEAD: u8 = 3;
+/// A frame whose bytes were unreadable and went to the dead-letter file; ignored when read.
+const T_SKIP: u8 = 4;
 
 const CAUSE_REJECTED: u8 = 1;
 const CAUSE_OVERFLOW: u8 = 2;
+const CAUSE_UNREADABLE: u8 = 3;
 
 /// What a record is, and so where it is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -209,6 +231,9 @@ pub struct OutboxStats {
     pub dlq_total: u64,
     /// Of those, records dropped because the outbox was full.
     pub overflow_total: u64,
+    /// Of those, records or segment regions whose bytes could not be read back (CRC mismatch,
+    /// undecodable, framing lost), kept in base64 (`coherence_sidecar_outbox_unreadable_total`).
+    pub unreadable_total: u64,
     /// Whether records were dropped and the outbox has not drained since.
     pub degraded: bool,
     /// The seq the next append gets.
@@ -234,6 +259,7 @@ enum Entry {
     Record { seq: u64, kind: Kind, id: String },
     Ack(u64),
     Dead { seq: u64, cause: u8, at_ms: i64 },
+    Skip,
 }
 
 fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
@@ -307,6 +333,7 @@ fn decode(p: &[u8]) -> Result<Entry, String> {
             cause: p[9],
             at_ms: u64_at(p, 10).ok_or("short dead frame")? as i64,
         }),
+        Some(&T_SKIP) => Ok(Entry::Skip),
         Some(t) => Err(format!(
             "unknown frame type {t} or wrong length {}",
             p.len()
@@ -318,6 +345,8 @@ fn decode(p: &[u8]) -> Result<Entry, String> {
 struct Scan {
     /// `(offset of the frame in the file, frame length, entry)`.
     entries: Vec<(u64, u64, Entry)>,
+    /// Bad frames followed by a good one: `(offset, frame length, what is wrong)`.
+    unreadable: Vec<(u64, u64, String)>,
     /// Offset just past the last good frame.
     good_len: usize,
     stop: Option<String>,
@@ -327,6 +356,7 @@ struct Scan {
 fn scan(buf: &[u8]) -> Scan {
     let mut s = Scan {
         entries: Vec::new(),
+        unreadable: Vec::new(),
         good_len: MAGIC.len(),
         stop: None,
     };
@@ -353,14 +383,25 @@ fn scan(buf: &[u8]) -> Scan {
             break;
         }
         let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
-        if crc32fast::hash(payload) != crc {
-            s.stop = Some(format!("CRC mismatch at byte {off}"));
-            break;
-        }
-        match decode(payload) {
-            Ok(e) => s.entries.push((off as u64, (FRAME_HEADER + len) as u64, e)),
-            Err(why) => {
-                s.stop = Some(format!("undecodable frame at byte {off}: {why}"));
+        let bad = if crc32fast::hash(payload) != crc {
+            Some(format!("crc mismatch at offset {off}"))
+        } else {
+            match decode(payload) {
+                Ok(e) => {
+                    s.entries.push((off as u64, (FRAME_HEADER + len) as u64, e));
+                    None
+                }
+                Err(why) => Some(format!("undecodable frame at offset {off}: {why}")),
+            }
+        };
+        if let Some(why) = bad {
+            // The frame's length still leads to a good frame: only this frame is bad, and the
+            // framing goes on after it. Otherwise the next boundary is unknown.
+            if good_frame_at(buf, off + FRAME_HEADER + len) {
+                s.unreadable
+                    .push((off as u64, (FRAME_HEADER + len) as u64, why));
+            } else {
+                s.stop = Some(why);
                 break;
             }
         }
@@ -368,6 +409,98 @@ fn scan(buf: &[u8]) -> Scan {
         s.good_len = off;
     }
     s
+}
+
+/// Whether a whole frame with a matching CRC and a known type starts at `off`.
+fn good_frame_at(buf: &[u8], off: usize) -> bool {
+    let Some(h) = buf.get(off..off + FRAME_HEADER) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len > MAX_FRAME {
+        return false;
+    }
+    let start = off + FRAME_HEADER;
+    match buf.get(start..start + len) {
+        Some(p) => crc32fast::hash(p) == crc && decode(p).is_ok(),
+        None => false,
+    }
+}
+
+/// A frame of exactly `frame_len` bytes that marks its place as dead-lettered.
+fn skip_frame(frame_len: u64) -> Vec<u8> {
+    let mut payload = vec![0u8; (frame_len as usize).saturating_sub(FRAME_HEADER).max(1)];
+    payload[0] = T_SKIP;
+    let mut out = Vec::with_capacity(frame_len as usize);
+    push_frame(&mut out, &payload);
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A dead-letter line without `at` (added when written).
+type DlqLine = serde_json::Map<String, serde_json::Value>;
+
+fn record_line(r: &Record, reason: &str) -> DlqLine {
+    let mut line = serde_json::Map::new();
+    line.insert("seq".into(), r.seq.into());
+    line.insert("kind".into(), r.kind.as_str().into());
+    line.insert("id".into(), r.id.clone().into());
+    line.insert("reason".into(), reason.into());
+    match serde_json::from_slice::<serde_json::Value>(&r.body) {
+        Ok(v) => {
+            line.insert("body".into(), v);
+        }
+        Err(_) => {
+            line.insert("body_base64".into(), base64(&r.body).into());
+        }
+    }
+    line
+}
+
+/// The line of bytes that could not be read back as a record: `seq`, `kind` and `id` as the
+/// outbox indexed them when known, the segment and offset, and the raw bytes.
+fn raw_line(
+    known: Option<(u64, &Pending)>,
+    segment: &Path,
+    offset: u64,
+    raw: &[u8],
+    reason: &str,
+) -> DlqLine {
+    let mut line = serde_json::Map::new();
+    if let Some((seq, p)) = known {
+        line.insert("seq".into(), seq.into());
+        line.insert("kind".into(), p.kind.as_str().into());
+        line.insert("id".into(), p.id.clone().into());
+    }
+    line.insert("reason".into(), reason.into());
+    let name = segment
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    line.insert("segment".into(), name.into());
+    line.insert("offset".into(), offset.into());
+    line.insert("raw_base64".into(), base64(raw).into());
+    line
+}
+
+/// Overwrites the frame at `offset` (of `frame_len` bytes) with a skip frame, synced.
+/// A frame too short to hold a skip frame (an empty payload) is left as it is.
+fn overwrite_with_skip(path: &Path, offset: u64, frame_len: u64) -> Result<(), OutboxError> {
+    if frame_len <= FRAME_HEADER as u64 {
+        return Ok(());
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path, "open"))?;
+    f.write_all_at(&skip_frame(frame_len), offset)
+        .map_err(io_err(path, "overwrite unreadable frame"))?;
+    f.sync_data().map_err(io_err(path, "fdatasync"))
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -440,6 +573,7 @@ struct Inner {
     acked_total: u64,
     dlq_total: u64,
     overflow_total: u64,
+    unreadable_total: u64,
     degraded_since_ms: Option<i64>,
     torn_bytes: u64,
     corrupt_segments: u64,
@@ -568,6 +702,9 @@ impl Outbox {
         let mut corrupt_segments = 0u64;
         let mut overflow_seen: Option<i64> = None;
         let mut active: Option<(u64, u64)> = None;
+        // Bad bytes to move to the dead-letter file once it is open:
+        // `(segment, offset, bytes, why, cut the segment there rather than overwrite them)`.
+        let mut bad: Vec<(PathBuf, u64, Vec<u8>, String, bool)> = Vec::new();
         let count = found.len();
         for (i, (first, path)) in found.into_iter().enumerate() {
             let newest = i + 1 == count;
@@ -595,6 +732,13 @@ impl Outbox {
                 continue;
             }
             let s = scan(&buf);
+            for (off, len, why) in &s.unreadable {
+                let bytes = buf
+                    .get(*off as usize..(*off + *len) as usize)
+                    .unwrap_or_default()
+                    .to_vec();
+                bad.push((path.clone(), *off, bytes, why.clone(), false));
+            }
             for (offset, len, e) in s.entries {
                 match e {
                     Entry::Record { seq, kind, id, .. } => {
@@ -611,6 +755,7 @@ impl Outbox {
                         );
                     }
                     Entry::Ack(seq) => resolved.push(seq),
+                    Entry::Skip => {}
                     Entry::Dead { seq, cause, at_ms } => {
                         if cause == CAUSE_OVERFLOW {
                             overflow_seen = Some(overflow_seen.map_or(at_ms, |t| t.min(at_ms)));
@@ -635,7 +780,10 @@ impl Outbox {
                     tracing::warn!(segment = %path.display(), %why, cut, "outbox: torn tail truncated");
                 } else {
                     corrupt_segments += 1;
-                    tracing::error!(segment = %path.display(), %why, "outbox: segment corrupt; rest skipped");
+                    tracing::error!(segment = %path.display(), %why, "outbox: segment corrupt; rest moved to the dead-letter file");
+                    let rest = buf.get(s.good_len..).unwrap_or_default().to_vec();
+                    let why = format!("framing lost at offset {} ({why})", s.good_len);
+                    bad.push((path.clone(), s.good_len as u64, rest, why, true));
                 }
             }
             if newest {
@@ -698,6 +846,7 @@ impl Outbox {
             acked_total: 0,
             dlq_total: 0,
             overflow_total: 0,
+            unreadable_total: 0,
             degraded_since_ms,
             torn_bytes,
             corrupt_segments,
@@ -707,6 +856,9 @@ impl Outbox {
             failed: None,
             inject_failures: 0,
         };
+        for (path, offset, bytes, why, cut) in bad {
+            inner.dead_letter_region(&path, offset, &bytes, &why, cut);
+        }
         inner.rotate_if_full()?;
         inner.delete_resolved_segments()?;
         if inner.pending.len() as u64 > 0 {
@@ -773,11 +925,26 @@ impl Outbox {
     }
 
     /// Up to `max` pending records, oldest first, read back from their segments.
+    ///
+    /// A record whose bytes cannot be read back as the record that was written (a CRC
+    /// mismatch, an undecodable frame, a segment cut short) is moved to the dead-letter file
+    /// with its raw bytes and reason `unreadable: ...`, counted in
+    /// [`OutboxStats::unreadable_total`], and the batch goes on with the next record. `Err`
+    /// only when a read or that move failed, which may work on the next call.
     pub fn peek_batch(&self, max: usize) -> Result<Vec<Record>, OutboxError> {
-        let g = self.lock();
+        let mut g = self.lock();
         let mut out = Vec::new();
-        for (&seq, p) in g.pending.iter().take(max) {
-            out.push(g.read_record(seq, p)?);
+        let mut from = 0u64;
+        while out.len() < max {
+            let Some((seq, p)) = g.pending.range(from..).next().map(|(s, p)| (*s, p.clone()))
+            else {
+                break;
+            };
+            from = seq + 1;
+            match g.read_frame(seq, &p)? {
+                Ok(rec) => out.push(rec),
+                Err((why, raw)) => g.quarantine(seq, &p, &why, &raw)?,
+            }
         }
         Ok(out)
     }
@@ -807,9 +974,9 @@ impl Outbox {
         let Some(p) = g.pending.get(&seq).cloned() else {
             return Ok(false);
         };
-        let rec = g.read_record(seq, &p)?;
+        let line = g.line_for(seq, &p, reason)?;
         let at = now_ms();
-        g.write_dlq(&[(rec, reason)], at)?;
+        g.write_dlq(vec![line], at)?;
         let mut buf = Vec::new();
         push_frame(&mut buf, &dead_payload(seq, CAUSE_REJECTED, at));
         g.write_synced(&buf)?;
@@ -828,6 +995,7 @@ impl Outbox {
             acked_total: g.acked_total,
             dlq_total: g.dlq_total,
             overflow_total: g.overflow_total,
+            unreadable_total: g.unreadable_total,
             degraded: g.degraded_since_ms.is_some(),
             next_seq: g.next_seq,
             segments: g.segments.len() as u64,
@@ -974,41 +1142,161 @@ impl Inner {
         }
     }
 
-    fn read_record(&self, seq: u64, p: &Pending) -> Result<Record, OutboxError> {
-        let seg = self
-            .segments
-            .get(&p.seg)
+    fn segment_path(&self, first: u64) -> PathBuf {
+        self.segments
+            .get(&first)
             .map(|s| s.path.clone())
-            .unwrap_or_else(|| self.dir.join(segment_name(p.seg)));
-        let unreadable = |why: String| OutboxError::Unreadable {
-            path: seg.display().to_string(),
-            seq,
-            why,
+            .unwrap_or_else(|| self.dir.join(segment_name(first)))
+    }
+
+    /// Reads a pending record back. `Ok(Err((why, raw)))`: its bytes are there but are not the
+    /// record that was written (or are gone), and never will be; `Err`: the read itself failed
+    /// (it may work later).
+    fn read_frame(
+        &self,
+        seq: u64,
+        p: &Pending,
+    ) -> Result<Result<Record, (String, Vec<u8>)>, OutboxError> {
+        let seg = self.segment_path(p.seg);
+        let off = p.offset;
+        let f = match File::open(&seg) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err((
+                    format!("segment missing, record at offset {off}"),
+                    Vec::new(),
+                )));
+            }
+            Err(e) => return Err(io_err(&seg, "open")(e)),
         };
-        let f = File::open(&seg).map_err(io_err(&seg, "open"))?;
         let mut frame = vec![0u8; p.len as usize];
-        f.read_exact_at(&mut frame, p.offset)
-            .map_err(io_err(&seg, "read"))?;
-        let payload = &frame[FRAME_HEADER..];
-        let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        if crc32fast::hash(payload) != crc {
-            return Err(unreadable("CRC mismatch".into()));
+        let mut got = 0usize;
+        while got < frame.len() {
+            match f.read_at(&mut frame[got..], off + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&seg, "read")(e)),
+            }
         }
-        let (s, kind, id, body) = decode_record(payload).map_err(unreadable)?;
+        if got < frame.len() {
+            frame.truncate(got);
+            return Ok(Err((
+                format!("segment ends inside the record at offset {off}"),
+                frame,
+            )));
+        }
+        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as u64;
+        let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let payload = &frame[FRAME_HEADER..];
+        if len + FRAME_HEADER as u64 != p.len {
+            return Ok(Err((
+                format!("frame length changed at offset {off}"),
+                frame,
+            )));
+        }
+        if crc32fast::hash(payload) != crc {
+            return Ok(Err((format!("crc mismatch at offset {off}"), frame)));
+        }
+        let (s, kind, id, body) = match decode_record(payload) {
+            Ok(d) => d,
+            Err(why) => return Ok(Err((format!("undecodable at offset {off}: {why}"), frame))),
+        };
         if s != seq || kind != p.kind || id != p.id {
-            return Err(unreadable(format!(
-                "found seq {s} {} {id:?} where {} {:?} was written",
+            let why = format!(
+                "found seq {s} {} {id:?} at offset {off} where {} {:?} was written",
                 kind.as_str(),
                 p.kind.as_str(),
                 p.id
-            )));
+            );
+            return Ok(Err((why, frame)));
         }
-        Ok(Record {
+        Ok(Ok(Record {
             seq,
             kind,
             id,
             body: body.to_vec(),
+        }))
+    }
+
+    /// The dead-letter line of a pending record: the record, or its raw bytes when they cannot
+    /// be read back (the reason then says why).
+    fn line_for(&self, seq: u64, p: &Pending, reason: &str) -> Result<DlqLine, OutboxError> {
+        Ok(match self.read_frame(seq, p)? {
+            Ok(rec) => record_line(&rec, reason),
+            Err((why, raw)) => {
+                let seg = self.segment_path(p.seg);
+                let reason = format!("{reason}; unreadable: {why} in {}", seg.display());
+                raw_line(Some((seq, p)), &seg, p.offset, &raw, &reason)
+            }
         })
+    }
+
+    /// Moves bytes found unreadable at open to the dead-letter file (raw, reason
+    /// `unreadable: ...`), then overwrites them with a skip frame or (`cut`) cuts the segment
+    /// there, so a restart does not meet them again. On failure they stay where they are and
+    /// the next open tries again.
+    fn dead_letter_region(&mut self, seg: &Path, offset: u64, bytes: &[u8], why: &str, cut: bool) {
+        let reason = format!("unreadable: {why} in {}", seg.display());
+        let res = self
+            .write_dlq(vec![raw_line(None, seg, offset, bytes, &reason)], now_ms())
+            .and_then(|()| {
+                if cut {
+                    OpenOptions::new()
+                        .write(true)
+                        .open(seg)
+                        .and_then(|f| {
+                            f.set_len(offset)?;
+                            f.sync_all()
+                        })
+                        .map_err(io_err(seg, "cut after the dead-lettered rest"))
+                } else {
+                    overwrite_with_skip(seg, offset, bytes.len() as u64)
+                }
+            });
+        match res {
+            Ok(()) => {
+                self.dlq_total += 1;
+                self.unreadable_total += 1;
+                tracing::error!(segment = %seg.display(), offset, bytes = bytes.len(), %why, "outbox: unreadable bytes moved to the dead-letter file");
+            }
+            Err(e) => {
+                tracing::error!(segment = %seg.display(), offset, error = %e, "outbox: unreadable bytes could not be moved to the dead-letter file; kept for the next start");
+            }
+        }
+    }
+
+    /// Moves a pending record that cannot be read back to the dead-letter file (its raw bytes,
+    /// reason `unreadable: ...`), marks it `Dead`, and overwrites its frame with a skip frame
+    /// of the same length so a restart does not meet the bad bytes again.
+    fn quarantine(
+        &mut self,
+        seq: u64,
+        p: &Pending,
+        why: &str,
+        raw: &[u8],
+    ) -> Result<(), OutboxError> {
+        self.repair()?;
+        let seg = self.segment_path(p.seg);
+        let reason = format!("unreadable: {why} in {}", seg.display());
+        tracing::error!(seq, id = %p.id, segment = %seg.display(), %why, "outbox: record cannot be read back; moved to the dead-letter file");
+        let at = now_ms();
+        self.write_dlq(
+            vec![raw_line(Some((seq, p)), &seg, p.offset, raw, &reason)],
+            at,
+        )?;
+        let mut buf = Vec::new();
+        push_frame(&mut buf, &dead_payload(seq, CAUSE_UNREADABLE, at));
+        self.write_synced(&buf)?;
+        self.resolve(seq);
+        self.dlq_total += 1;
+        self.unreadable_total += 1;
+        // Best effort: the `Dead` frame already resolves the record; the skip frame only keeps
+        // a restart from dead-lettering the bad bytes a second time.
+        if let Err(e) = overwrite_with_skip(&seg, p.offset, p.len) {
+            tracing::warn!(error = %e, "outbox: could not overwrite an unreadable frame");
+        }
+        self.after_resolve()
     }
 
     fn append(&mut self, seq: u64, kind: Kind, id: &str, body: &[u8]) -> Result<(), OutboxError> {
@@ -1034,13 +1322,13 @@ impl Inner {
         }
         let at = now_ms();
         if !dropped.is_empty() {
-            let mut recs = Vec::with_capacity(dropped.len());
+            let mut lines = Vec::with_capacity(dropped.len());
             for old in &dropped {
                 if let Some(p) = self.pending.get(old) {
-                    recs.push((self.read_record(*old, p)?, REASON_OVERFLOW));
+                    lines.push(self.line_for(*old, p, REASON_OVERFLOW)?);
                 }
             }
-            self.write_dlq(&recs, at)?;
+            self.write_dlq(lines, at)?;
             for old in &dropped {
                 push_frame(&mut buf, &dead_payload(*old, CAUSE_OVERFLOW, at));
             }
@@ -1087,28 +1375,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Appends dead-letter lines for `recs` and syncs the file.
-    fn write_dlq(&mut self, recs: &[(Record, &str)], at_ms: i64) -> Result<(), OutboxError> {
+    /// Appends `lines` to the dead-letter file and syncs it.
+    fn write_dlq(&mut self, lines: Vec<DlqLine>, at_ms: i64) -> Result<(), OutboxError> {
         let path = self.dir.join(DLQ_FILE);
         let at = rfc3339(at_ms);
         let mut text = Vec::new();
-        for (r, reason) in recs {
-            let mut line = serde_json::Map::new();
-            line.insert("seq".into(), r.seq.into());
-            line.insert("kind".into(), r.kind.as_str().into());
-            line.insert("id".into(), r.id.clone().into());
-            line.insert("reason".into(), (*reason).into());
+        for mut line in lines {
             line.insert("at".into(), at.clone().into());
-            match serde_json::from_slice::<serde_json::Value>(&r.body) {
-                Ok(v) => {
-                    line.insert("body".into(), v);
-                }
-                Err(_) => {
-                    use base64::Engine as _;
-                    let b = base64::engine::general_purpose::STANDARD.encode(&r.body);
-                    line.insert("body_base64".into(), b.into());
-                }
-            }
             let mut s = serde_json::Value::Object(line).to_string();
             s.push('\n');
             text.extend_from_slice(s.as_bytes());
@@ -1623,5 +1896,152 @@ mod tests {
         let left = seqs(&o);
         assert!(!left.is_empty() && *left.last().unwrap() == 8, "{left:?}");
         assert_eq!(o.next_seq(), 9);
+    }
+
+    fn flip(path: &Path, at: usize) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at] ^= 0xFF;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn raw_of(line: &serde_json::Value) -> Vec<u8> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(line["raw_base64"].as_str().unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_damaged_pending_record_is_dead_lettered_raw_and_the_batch_goes_on() {
+        let d = tempfile::tempdir().unwrap();
+        let s = settings(d.path(), 1 << 20, 64 << 10);
+        let o = Outbox::open(&s).unwrap();
+        for i in 1..=4 {
+            o.append(Kind::Pcs, &format!("id-{i}"), &body(i)).unwrap();
+        }
+        let p2 = o.lock().pending.get(&2).cloned().unwrap();
+        let seg = segment_files(d.path()).pop().unwrap();
+        let original = std::fs::read(&seg).unwrap()
+            [p2.offset as usize..(p2.offset + p2.len) as usize]
+            .to_vec();
+        flip(&seg, (p2.offset + p2.len - 3) as usize);
+        let batch = o.peek_batch(2).unwrap();
+        assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 3]);
+        let st = o.stats();
+        assert_eq!((st.unreadable_total, st.dlq_total, st.pending), (1, 1, 3));
+        let dlq = dlq_lines(d.path());
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(
+            (dlq[0]["seq"].as_u64(), dlq[0]["id"].as_str()),
+            (Some(2), Some("id-2"))
+        );
+        let reason = dlq[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with(&format!("unreadable: crc mismatch at offset {}", p2.offset)),
+            "{reason}"
+        );
+        let mut damaged = original.clone();
+        damaged[original.len() - 3] ^= 0xFF;
+        assert_eq!(raw_of(&dlq[0]), damaged, "the bytes as they were on disk");
+        assert_eq!(dlq[0]["offset"].as_u64(), Some(p2.offset));
+        assert!(dlq[0]["at"].as_str().unwrap().ends_with('Z'));
+        // After a restart the record stays resolved and its bytes are not dead-lettered again.
+        drop(o);
+        let o = Outbox::open(&s).unwrap();
+        assert_eq!(seqs(&o), vec![1, 3, 4]);
+        assert_eq!(o.stats().unreadable_total, 0);
+        assert_eq!(o.stats().corrupt_segments, 0);
+        assert_eq!(dlq_lines(d.path()).len(), 1);
+        assert_eq!(o.next_seq(), 5);
+    }
+
+    #[test]
+    fn a_damaged_frame_found_at_open_is_dead_lettered_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = settings(d.path(), 1 << 20, 64 << 10);
+        let o = Outbox::open(&s).unwrap();
+        for i in 1..=4 {
+            o.append(Kind::Signals, &format!("id-{i}"), &body(i))
+                .unwrap();
+        }
+        let p3 = o.lock().pending.get(&3).cloned().unwrap();
+        drop(o);
+        let seg = segment_files(d.path()).pop().unwrap();
+        // In the newest segment, but followed by a good frame: corruption, not a torn tail.
+        flip(&seg, (p3.offset + 30) as usize);
+        let o = Outbox::open(&s).unwrap();
+        assert_eq!(seqs(&o), vec![1, 2, 4]);
+        let st = o.stats();
+        assert_eq!(
+            (st.unreadable_total, st.dlq_total, st.torn_bytes),
+            (1, 1, 0)
+        );
+        let dlq = dlq_lines(d.path());
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(
+            dlq[0]["reason"].as_str().unwrap(),
+            format!(
+                "unreadable: crc mismatch at offset {} in {}",
+                p3.offset,
+                seg.display()
+            )
+        );
+        assert_eq!(raw_of(&dlq[0]).len() as u64, p3.len);
+        assert!(
+            dlq[0].get("seq").is_none(),
+            "the seq of a damaged frame is not trusted"
+        );
+        drop(o);
+        let o = Outbox::open(&s).unwrap();
+        assert_eq!(seqs(&o), vec![1, 2, 4]);
+        assert_eq!(o.stats().unreadable_total, 0);
+        assert_eq!(dlq_lines(d.path()).len(), 1, "not dead-lettered twice");
+        assert_eq!(o.append(Kind::Pcs, "id-5", &body(5)).unwrap(), 5);
+    }
+
+    #[test]
+    fn lost_framing_in_an_older_segment_sends_its_rest_to_the_dlq() {
+        let d = tempfile::tempdir().unwrap();
+        let s = settings(d.path(), 1 << 20, 600);
+        let o = Outbox::open(&s).unwrap();
+        for i in 1..=8 {
+            o.append(Kind::Pcs, &format!("id-{i}"), &body(i)).unwrap();
+        }
+        let p2 = o.lock().pending.get(&2).cloned().unwrap();
+        drop(o);
+        let first = segment_files(d.path()).remove(0);
+        let len_before = std::fs::metadata(&first).unwrap().len();
+        assert_eq!(p2.seg, 1);
+        // The length of the second frame now points past the end: the next boundary is lost.
+        let mut bytes = std::fs::read(&first).unwrap();
+        bytes[p2.offset as usize + 2] = 0x7F;
+        std::fs::write(&first, &bytes).unwrap();
+        let rest = bytes[p2.offset as usize..].to_vec();
+        let o = Outbox::open(&s).unwrap();
+        let left = seqs(&o);
+        assert_eq!(left.first(), Some(&1));
+        assert!(!left.contains(&2), "{left:?}");
+        assert_eq!(*left.last().unwrap(), 8);
+        let st = o.stats();
+        assert_eq!((st.corrupt_segments, st.unreadable_total), (1, 1));
+        let dlq = dlq_lines(d.path());
+        assert_eq!(dlq.len(), 1);
+        let reason = dlq[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with(&format!("unreadable: framing lost at offset {}", p2.offset)),
+            "{reason}"
+        );
+        assert_eq!(
+            raw_of(&dlq[0]),
+            rest,
+            "everything after the boundary is kept"
+        );
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), p2.offset);
+        assert!(p2.offset < len_before);
+        drop(o);
+        let o = Outbox::open(&s).unwrap();
+        assert_eq!(seqs(&o), left);
+        assert_eq!(o.stats().corrupt_segments, 0);
+        assert_eq!(dlq_lines(d.path()).len(), 1, "not dead-lettered twice");
     }
 }
