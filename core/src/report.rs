@@ -13,7 +13,7 @@
 
 use crate::canon::{self, CanonError};
 use crate::detect::Finding;
-use crate::pcs::{Malformed, Signer, Verifier, is_shard_id};
+use crate::pcs::{KeyRef, Malformed, SignAlg, Signer, Verifier, is_shard_id};
 use crate::window::{DriftRisk, WindowSpan};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -248,9 +248,16 @@ impl SignalReport {
         let message = self.signing_message().map_err(|e| {
             ReportRejection::Malformed(malformed("record", "finite numbers", e.to_string()))
         })?;
-        let (_, key) = verifier
-            .verify_signature(&message, &self.sig)
-            .map_err(|reason| ReportRejection::BadSignature { reason })?;
+        self.finish(verifier.verify_signature(&message, &self.sig))
+    }
+
+    /// The rest of [`SignalReport::verify`], given the answer of the signature check on
+    /// [`SignalReport::signing_message`]: the signature's verdict, then `report_id`.
+    pub fn finish(
+        &self,
+        sig: Result<(SignAlg, KeyRef), String>,
+    ) -> Result<String, ReportRejection> {
+        let (_, key) = sig.map_err(|reason| ReportRejection::BadSignature { reason })?;
         let expected = self.expected_report_id();
         if self.report_id != expected {
             return Err(ReportRejection::IdMismatch {

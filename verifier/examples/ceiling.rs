@@ -2,7 +2,8 @@
 //! load test and reports the verifier as a fraction of the lower ceiling):
 //!
 //! 1. verify-only throughput: `Verifier::verify_json` on pre-built signed PCS bodies, on every
-//!    core, no I/O;
+//!    core, no I/O; for Ed25519 also with the signatures of `--sig-batch` records (default 64)
+//!    checked together, as the verifier does for concurrent requests;
 //! 2. the fsync rate of the WAL's file system at a given batch size: `write` of `batch`
 //!    records of `bytes` each, then `fdatasync`, in a loop (the group-commit pattern), with the
 //!    records per second it allows;
@@ -53,7 +54,9 @@ fn bodies(signer: &Signer, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn verify_rate(signer: &Signer, seconds: f64) -> (f64, usize) {
+/// Verify-only throughput with the signatures of `batch` records checked together (as the
+/// verifier checks Ed25519 signatures of concurrent requests); `batch` 1 is the single check.
+fn verify_rate(signer: &Signer, seconds: f64, batch: usize) -> (f64, usize) {
     let bodies = Arc::new(bodies(signer, 2000));
     let verifier = Arc::new(signer.verifier());
     let threads = std::thread::available_parallelism()
@@ -68,11 +71,31 @@ fn verify_rate(signer: &Signer, seconds: f64) -> (f64, usize) {
                 let mut n = 0u64;
                 let mut i = t;
                 while Instant::now() < deadline {
-                    for _ in 0..64 {
-                        let r = Verifier::verify_json(&v, &b[i % b.len()], &Params::default());
-                        assert!(r.http_status() < 300);
-                        i += 1;
-                        n += 1;
+                    for _ in 0..64usize.div_ceil(batch) {
+                        if batch == 1 {
+                            let r = Verifier::verify_json(&v, &b[i % b.len()], &Params::default());
+                            assert!(r.http_status() < 300);
+                        } else {
+                            let parsed: Vec<pcs::Pcs> = (0..batch)
+                                .map(|k| pcs::Pcs::from_json(&b[(i + k) % b.len()]).unwrap())
+                                .collect();
+                            let messages: Vec<[u8; 32]> = parsed
+                                .iter()
+                                .map(|p| Verifier::signing_input(p).unwrap())
+                                .collect();
+                            let items: Vec<([u8; 32], &str)> = messages
+                                .iter()
+                                .zip(&parsed)
+                                .map(|(m, p)| (*m, p.sig.as_str()))
+                                .collect();
+                            let sigs = v.verify_signatures(&items);
+                            for (p, sig) in parsed.iter().zip(sigs) {
+                                let r = Verifier::finish(p, &Params::default(), sig);
+                                assert!(r.http_status() < 300);
+                            }
+                        }
+                        i += batch;
+                        n += batch as u64;
                     }
                 }
                 n
@@ -154,14 +177,17 @@ fn main() {
     let batch: usize = arg("--batch", "16").parse().unwrap();
     let bytes: usize = arg("--bytes", "1100").parse().unwrap();
     let dir = std::path::PathBuf::from(arg("--dir", "."));
-    let (hmac, threads) = verify_rate(&Signer::hmac(b"ceiling".to_vec()), seconds);
-    let (ed, _) = verify_rate(&Signer::ed25519_from_seed(&[7u8; 32]), seconds);
+    let sig_batch: usize = arg("--sig-batch", "64").parse().unwrap();
+    let (hmac, threads) = verify_rate(&Signer::hmac(b"ceiling".to_vec()), seconds, 1);
+    let ed_signer = Signer::ed25519_from_seed(&[7u8; 32]);
+    let (ed, _) = verify_rate(&ed_signer, seconds, 1);
+    let (ed_batched, _) = verify_rate(&ed_signer, seconds, sig_batch.max(1));
     let syncs = fsync_rate(&dir, batch, bytes, seconds);
     let hs = handshake_rate(seconds);
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
-            "verify_only_per_s": {"hmac": hmac, "ed25519": ed, "threads": threads},
+            "verify_only_per_s": {"hmac": hmac, "ed25519": ed, "ed25519_batched": ed_batched, "sig_batch": sig_batch, "threads": threads},
             "fsync": {"dir": dir, "batch": batch, "record_bytes": bytes, "syncs_per_s": syncs, "records_per_s": syncs * batch as f64},
             "mtls_full_handshakes_per_s_one_core": hs,
             "seconds_each": seconds,

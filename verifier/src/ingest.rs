@@ -11,11 +11,12 @@ use crate::dedup::{Insert, RecordKind, Store, StoreError, StoredOutcome, now_ms}
 use crate::metrics::{
     KindLabels, Metrics, PatternLabels, ReasonLabels, SignalLabels, WorkloadLabels,
 };
+use crate::sigbatch::{SigAnswer, SigBatcher};
 use crate::tls::Identity;
 use crate::views::{Changes, Views, split_shard};
 use crate::wal::{BodyRecord, Entry, ReplayReport, Wal, WalConfig, WalError};
 use bytes::Bytes;
-use coherence_core::pcs::{Outcome, Params, Pcs, Rejection, Verifier};
+use coherence_core::pcs::{Malformed, Outcome, Params, Pcs, Rejection, Report, Verifier};
 use coherence_core::report::{ReportRejection, SignalReport};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -50,6 +51,32 @@ enum Effect {
     Signals(Box<SignalReport>),
 }
 
+/// A parsed record whose signature is still to be checked.
+enum Signed {
+    Pcs(Box<Pcs>, [u8; 32]),
+    Signals(Box<SignalReport>, [u8; 32]),
+}
+
+impl Signed {
+    fn message(&self) -> [u8; 32] {
+        match self {
+            Signed::Pcs(_, m) | Signed::Signals(_, m) => *m,
+        }
+    }
+
+    fn sig(&self) -> &str {
+        match self {
+            Signed::Pcs(p, _) => &p.sig,
+            Signed::Signals(r, _) => &r.sig,
+        }
+    }
+}
+
+enum Staged {
+    Done(Verdict),
+    Signed(Signed),
+}
+
 enum Verdict {
     Reject {
         status: u16,
@@ -75,6 +102,9 @@ pub struct IngestConfig {
     pub keys: Verifier,
     /// Verification tolerances and formulas.
     pub params: Params,
+    /// Most Ed25519 signatures of concurrent requests checked as one batch (0: each request
+    /// checks its own signature with the strict single check).
+    pub ed25519_batch: usize,
 }
 
 /// Ingest state shared by every request.
@@ -82,6 +112,7 @@ pub struct Ingest {
     wal: Wal,
     store: Store,
     keys: Verifier,
+    sigs: Option<SigBatcher>,
     params: Params,
     views: Mutex<Views>,
     metrics: Metrics,
@@ -154,9 +185,20 @@ impl Ingest {
                 }
             }
         })?;
+        let sigs = match cfg.ed25519_batch {
+            0 => None,
+            n => match SigBatcher::start(cfg.keys.clone(), n) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the signature batching thread; checking signatures one by one");
+                    None
+                }
+            },
+        };
         let ingest = Arc::new(Ingest {
             wal,
             store,
+            sigs,
             keys: cfg.keys,
             params: cfg.params,
             views: Mutex::new(Views::default()),
@@ -292,18 +334,47 @@ impl Ingest {
         answer
     }
 
+    /// Evaluates a body with the signature checked on this thread (replay).
     fn evaluate(&self, rec: &BodyRecord) -> Verdict {
         let t = Instant::now();
-        let v = self.evaluate_inner(rec);
+        let v = match self.stage(rec) {
+            Staged::Done(v) => v,
+            Staged::Signed(s) => {
+                let sig = self.keys.verify_signature(&s.message(), s.sig());
+                self.conclude(rec, s, sig)
+            }
+        };
         self.metrics
             .verify_duration
             .observe(t.elapsed().as_secs_f64());
         v
     }
 
-    fn evaluate_inner(&self, rec: &BodyRecord) -> Verdict {
+    /// Evaluates a body for a waiting caller: Ed25519 signatures are checked in batches with
+    /// those of concurrent requests.
+    async fn evaluate_live(&self, rec: &BodyRecord) -> Verdict {
+        let t = Instant::now();
+        let v = match self.stage(rec) {
+            Staged::Done(v) => v,
+            Staged::Signed(s) => {
+                let sig = match &self.sigs {
+                    Some(b) => b.verify(s.message(), s.sig()).await,
+                    None => self.keys.verify_signature(&s.message(), s.sig()),
+                };
+                self.conclude(rec, s, sig)
+            }
+        };
+        self.metrics
+            .verify_duration
+            .observe(t.elapsed().as_secs_f64());
+        v
+    }
+
+    /// Everything before the signature check: the record's shape, the caller's namespace and
+    /// the message the signature covers.
+    fn stage(&self, rec: &BodyRecord) -> Staged {
         let Ok(text) = std::str::from_utf8(&rec.body) else {
-            return Verdict::Reject {
+            return Staged::Done(Verdict::Reject {
                 status: 400,
                 reason: "malformed",
                 body: malformed_body(
@@ -314,7 +385,7 @@ impl Ingest {
                 ),
                 shard: None,
                 id: String::new(),
-            };
+            });
         };
         let caller = Identity::from_uri(&rec.identity).ok();
         let forbidden = |shard: &str, id: &str| -> Option<Verdict> {
@@ -339,124 +410,157 @@ impl Ingest {
                 let pcs = match Pcs::from_json(text) {
                     Ok(p) => p,
                     Err(m) => {
-                        return Verdict::Reject {
+                        return Staged::Done(Verdict::Reject {
                             status: 400,
                             reason: "malformed",
                             body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
                             shard: None,
                             id: String::new(),
-                        };
+                        });
                     }
                 };
                 if let Some(v) = forbidden(&pcs.shard_id, &pcs.pcs_id) {
-                    return v;
+                    return Staged::Done(v);
                 }
-                let report = self.keys.verify(&pcs, &self.params);
-                let status = report.http_status();
-                let reasons = report.reasons();
-                match report.outcome {
-                    Outcome::Rejected => {
-                        let (reason, body) = match &report.rejection {
-                            Some(Rejection::Malformed(m)) => (
-                                "malformed",
-                                malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
-                            ),
-                            Some(Rejection::BadSignature { reason }) => (
-                                "signature",
-                                json!({"error": "bad_signature", "message": reason, "pcs_id": pcs.pcs_id}),
-                            ),
-                            Some(Rejection::PcsIdMismatch {
-                                claimed,
-                                recomputed,
-                            }) => (
-                                "pcs_id",
-                                json!({"error": "malformed", "field": "pcs_id", "expected": recomputed, "found": claimed, "message": reasons.join("; ")}),
-                            ),
-                            None => (
-                                "malformed",
-                                json!({"error": "malformed", "message": reasons.join("; ")}),
-                            ),
-                        };
-                        Verdict::Reject {
-                            status,
-                            reason,
-                            body,
-                            shard: Some(pcs.shard_id.clone()),
-                            id: pcs.pcs_id.clone(),
-                        }
-                    }
-                    outcome => Verdict::Valid {
-                        id: pcs.pcs_id.clone(),
-                        status,
-                        body: json!({
-                            "status": if outcome == Outcome::Accepted { "accepted" } else { "escalated" },
-                            "kind": "pcs",
-                            "id": pcs.pcs_id,
-                            "seq": rec.seq,
-                            "alg": report.alg,
-                            "key": report.key.as_ref().map(ToString::to_string),
-                            "reasons": reasons,
-                            "escalations": report.escalations,
-                            "tolerances": self.params.tolerances,
-                            "engineVersion": coherence_core::ENGINE_VERSION,
-                        }),
-                        effect: Effect::Pcs(Box::new(pcs), outcome),
-                    },
+                match Verifier::signing_input(&pcs) {
+                    Ok(message) => Staged::Signed(Signed::Pcs(Box::new(pcs), message)),
+                    Err(report) => Staged::Done(self.pcs_verdict(rec, Box::new(pcs), *report)),
                 }
             }
             RecordKind::Signals => {
                 let r = match SignalReport::from_json(text) {
                     Ok(r) => r,
                     Err(m) => {
-                        return Verdict::Reject {
+                        return Staged::Done(Verdict::Reject {
                             status: 400,
                             reason: "malformed",
                             body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
                             shard: None,
                             id: String::new(),
-                        };
+                        });
                     }
                 };
                 if let Some(v) = forbidden(&r.shard_id, &r.report_id) {
-                    return v;
+                    return Staged::Done(v);
                 }
-                match r.verify(&self.keys) {
-                    Ok(key) => Verdict::Valid {
-                        id: r.report_id.clone(),
-                        status: 200,
-                        body: json!({
-                            "status": "accepted", "kind": "signals", "id": r.report_id, "seq": rec.seq,
-                            "key": key, "windows": r.windows.len(), "findings": r.findings.len(),
-                            "finops": r.finops.len(), "engineVersion": coherence_core::ENGINE_VERSION,
-                        }),
-                        effect: Effect::Signals(Box::new(r)),
-                    },
+                match r.signing_message() {
+                    Ok(message) => Staged::Signed(Signed::Signals(Box::new(r), message)),
                     Err(e) => {
-                        let (reason, body) = match &e {
-                            ReportRejection::Malformed(m) => (
-                                "malformed",
-                                malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
-                            ),
-                            ReportRejection::BadSignature { reason } => (
-                                "signature",
-                                json!({"error": "bad_signature", "message": reason, "report_id": r.report_id}),
-                            ),
-                            ReportRejection::IdMismatch {
-                                claimed,
-                                recomputed,
-                            } => (
-                                "report_id",
-                                json!({"error": "malformed", "field": "report_id", "expected": recomputed, "found": claimed, "message": e.to_string()}),
-                            ),
-                        };
-                        Verdict::Reject {
-                            status: e.http_status(),
-                            reason,
-                            body,
+                        let m = Malformed::new("record", "finite numbers", e.to_string());
+                        Staged::Done(Verdict::Reject {
+                            status: 400,
+                            reason: "malformed",
+                            body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
                             shard: Some(r.shard_id.clone()),
                             id: r.report_id.clone(),
-                        }
+                        })
                     }
+                }
+            }
+        }
+    }
+
+    /// Everything after the signature check.
+    fn conclude(&self, rec: &BodyRecord, signed: Signed, sig: SigAnswer) -> Verdict {
+        match signed {
+            Signed::Pcs(pcs, _) => {
+                let report = Verifier::finish(&pcs, &self.params, sig);
+                self.pcs_verdict(rec, pcs, report)
+            }
+            Signed::Signals(r, _) => self.signals_verdict(rec, r, sig),
+        }
+    }
+
+    fn pcs_verdict(&self, rec: &BodyRecord, pcs: Box<Pcs>, report: Report) -> Verdict {
+        let status = report.http_status();
+        let reasons = report.reasons();
+        match report.outcome {
+            Outcome::Rejected => {
+                let (reason, body) = match &report.rejection {
+                    Some(Rejection::Malformed(m)) => (
+                        "malformed",
+                        malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
+                    ),
+                    Some(Rejection::BadSignature { reason }) => (
+                        "signature",
+                        json!({"error": "bad_signature", "message": reason, "pcs_id": pcs.pcs_id}),
+                    ),
+                    Some(Rejection::PcsIdMismatch {
+                        claimed,
+                        recomputed,
+                    }) => (
+                        "pcs_id",
+                        json!({"error": "malformed", "field": "pcs_id", "expected": recomputed, "found": claimed, "message": reasons.join("; ")}),
+                    ),
+                    None => (
+                        "malformed",
+                        json!({"error": "malformed", "message": reasons.join("; ")}),
+                    ),
+                };
+                Verdict::Reject {
+                    status,
+                    reason,
+                    body,
+                    shard: Some(pcs.shard_id.clone()),
+                    id: pcs.pcs_id.clone(),
+                }
+            }
+            outcome => Verdict::Valid {
+                id: pcs.pcs_id.clone(),
+                status,
+                body: json!({
+                    "status": if outcome == Outcome::Accepted { "accepted" } else { "escalated" },
+                    "kind": "pcs",
+                    "id": pcs.pcs_id,
+                    "seq": rec.seq,
+                    "alg": report.alg,
+                    "key": report.key.as_ref().map(ToString::to_string),
+                    "reasons": reasons,
+                    "escalations": report.escalations,
+                    "tolerances": self.params.tolerances,
+                    "engineVersion": coherence_core::ENGINE_VERSION,
+                }),
+                effect: Effect::Pcs(pcs, outcome),
+            },
+        }
+    }
+
+    fn signals_verdict(&self, rec: &BodyRecord, r: Box<SignalReport>, sig: SigAnswer) -> Verdict {
+        match r.finish(sig) {
+            Ok(key) => Verdict::Valid {
+                id: r.report_id.clone(),
+                status: 200,
+                body: json!({
+                    "status": "accepted", "kind": "signals", "id": r.report_id, "seq": rec.seq,
+                    "key": key, "windows": r.windows.len(), "findings": r.findings.len(),
+                    "finops": r.finops.len(), "engineVersion": coherence_core::ENGINE_VERSION,
+                }),
+                effect: Effect::Signals(r),
+            },
+            Err(e) => {
+                let (reason, body) = match &e {
+                    ReportRejection::Malformed(m) => (
+                        "malformed",
+                        malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
+                    ),
+                    ReportRejection::BadSignature { reason } => (
+                        "signature",
+                        json!({"error": "bad_signature", "message": reason, "report_id": r.report_id}),
+                    ),
+                    ReportRejection::IdMismatch {
+                        claimed,
+                        recomputed,
+                    } => (
+                        "report_id",
+                        json!({"error": "malformed", "field": "report_id", "expected": recomputed, "found": claimed, "message": e.to_string()}),
+                    ),
+                };
+                Verdict::Reject {
+                    status: e.http_status(),
+                    reason,
+                    body,
+                    shard: Some(r.shard_id.clone()),
+                    id: r.report_id.clone(),
                 }
             }
         }
@@ -464,7 +568,7 @@ impl Ingest {
 
     /// Applies one durable body; `live` when a caller waits for the answer.
     async fn apply(&self, rec: BodyRecord, live: bool) -> Answer {
-        match self.evaluate(&rec) {
+        match self.evaluate_live(&rec).await {
             Verdict::Reject {
                 status,
                 reason,

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod limit;
 pub mod metrics;
 pub mod serve;
+pub mod sigbatch;
 pub mod tls;
 pub mod ui;
 pub mod views;

@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// (0: none; records then extend the file and every sync also updates its size).
     #[arg(long, env = "COHERENCE_WAL_PREALLOC_BYTES", default_value_t = 4 << 20)]
     pub wal_prealloc_bytes: u64,
+    /// Most Ed25519 signatures of concurrent requests verified as one batch (0: every
+    /// signature by the strict single check).
+    #[arg(long, env = "COHERENCE_ED25519_BATCH", default_value_t = 64)]
+    pub ed25519_batch: usize,
     /// Age after which applied WAL segments are deleted (`Ns|Nm|Nh|Nd`).
     #[arg(long, env = "COHERENCE_WAL_RETENTION", default_value = "14d")]
     pub wal_retention: WindowSpan,
@@ -213,6 +217,7 @@ pub async fn serve(
             wal,
             keys,
             params: Params::default(),
+            ed25519_batch: args.ed25519_batch,
         },
         store,
         metrics,

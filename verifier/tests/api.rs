@@ -100,6 +100,7 @@ async fn harness(dir: &Path, rate: f64, body_limit: usize) -> Harness {
             wal: WalConfig::new(dir),
             keys: Verifier::hmac(vec![b"old-key".to_vec(), KEY.to_vec()]),
             params: Params::default(),
+            ed25519_batch: 64,
         },
         store,
         metrics,

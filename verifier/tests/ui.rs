@@ -89,6 +89,7 @@ async fn harness(dir: &Path, auth: Option<MetricsAuth>) -> Harness {
             wal: WalConfig::new(dir),
             keys: Verifier::hmac(vec![KEY.to_vec()]),
             params: Params::default(),
+            ed25519_batch: 64,
         },
         Store::Memory(MemoryStore::new(Duration::from_secs(3600))),
         metrics,
