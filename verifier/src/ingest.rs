@@ -187,13 +187,7 @@ impl Ingest {
         })?;
         let sigs = match cfg.ed25519_batch {
             0 => None,
-            n => match SigBatcher::start(cfg.keys.clone(), n) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the signature batching thread; checking signatures one by one");
-                    None
-                }
-            },
+            n => Some(SigBatcher::new(cfg.keys.clone(), n)),
         };
         let ingest = Arc::new(Ingest {
             wal,
@@ -879,6 +873,12 @@ impl Ingest {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Ed25519 signature batches checked so far and the signatures in them (`None` when
+    /// batching is off).
+    pub fn signature_batches(&self) -> Option<(u64, u64)> {
+        self.sigs.as_ref().map(SigBatcher::summary)
     }
 
     /// The WAL.

@@ -264,6 +264,9 @@ pub async fn serve(
     )
     .await;
 
+    if let Some((batches, signatures)) = ingest.signature_batches() {
+        tracing::info!(batches, signatures, "Ed25519 signatures checked in batches");
+    }
     tracing::info!("draining done; final sync");
     let _ = bg.await;
     match ingest.sync().await {

@@ -1,15 +1,17 @@
 //! Ed25519 signatures of concurrent requests, checked together.
 //!
-//! Requests answered by one group commit wake together; each hands its signature to this
-//! thread, which takes every signature waiting (up to `max`) and checks them as one batch
-//! ([`Verifier::verify_signatures`]), then answers each request. Under load the batches fill
-//! by themselves; a lone request is checked alone, with no timer to wait for. HMAC signatures
-//! are cheap and never come here.
+//! Requests answered by one group commit wake together and each queues its signature. The
+//! first to find no batch running starts one, as a task on the runtime: it takes every
+//! signature waiting (up to `max`), checks them as one batch ([`Verifier::verify_signatures`])
+//! and answers each request, then goes on while signatures wait. Under load the batches fill by
+//! themselves; a lone request is checked alone, with no timer to wait for. The work runs on the
+//! runtime's worker threads, as checking in place would: a dedicated thread had to wait for the
+//! scheduler on a busy machine, and every request waited with it. HMAC signatures are cheap
+//! and never come here.
 
 use coherence_core::pcs::{KeyRef, SignAlg, Verifier};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The answer of one signature check.
 pub type SigAnswer = Result<(SignAlg, KeyRef), String>;
@@ -20,7 +22,7 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<SigAnswer>,
 }
 
-/// What the batching thread did so far.
+/// What the batches did so far.
 #[derive(Debug, Default)]
 pub struct BatchStats {
     /// Batches checked.
@@ -29,73 +31,119 @@ pub struct BatchStats {
     pub signatures: AtomicU64,
 }
 
-/// The handle requests use; the thread stops when the last handle is dropped.
+struct Shared {
+    keys: Verifier,
+    max: usize,
+    queue: Mutex<Vec<Job>>,
+    running: AtomicBool,
+    stats: BatchStats,
+}
+
+/// The handle requests use.
 #[derive(Clone)]
 pub struct SigBatcher {
-    tx: mpsc::Sender<Job>,
-    keys: Verifier,
-    stats: Arc<BatchStats>,
+    shared: Arc<Shared>,
 }
 
 impl SigBatcher {
-    /// Starts the checking thread; a batch holds at most `max` signatures.
-    pub fn start(keys: Verifier, max: usize) -> std::io::Result<SigBatcher> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let stats = Arc::new(BatchStats::default());
-        let (thread_keys, thread_stats) = (keys.clone(), stats.clone());
-        let max = max.max(1);
-        std::thread::Builder::new()
-            .name("sig-batch".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut jobs = vec![first];
-                    while jobs.len() < max {
-                        match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
-                            Err(_) => break,
-                        }
-                    }
-                    let items: Vec<([u8; 32], &str)> =
-                        jobs.iter().map(|j| (j.message, j.sig.as_str())).collect();
-                    let answers = thread_keys.verify_signatures(&items);
-                    thread_stats.batches.fetch_add(1, Ordering::Relaxed);
-                    thread_stats
-                        .signatures
-                        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        // The request may have gone (its connection closed); nothing to do.
-                        let _ = job.reply.send(answer);
-                    }
-                }
-            })?;
-        Ok(SigBatcher { tx, keys, stats })
+    /// Batches and signatures so far, for the log.
+    pub fn summary(&self) -> (u64, u64) {
+        let s = &self.shared.stats;
+        (
+            s.batches.load(Ordering::Relaxed),
+            s.signatures.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A batcher whose batches hold at most `max` signatures.
+    pub fn new(keys: Verifier, max: usize) -> SigBatcher {
+        SigBatcher {
+            shared: Arc::new(Shared {
+                keys,
+                max: max.max(1),
+                queue: Mutex::new(Vec::new()),
+                running: AtomicBool::new(false),
+                stats: BatchStats::default(),
+            }),
+        }
     }
 
     /// The signature check of `sig` over `message`: an Ed25519 signature (88 base64
-    /// characters) goes through the batching thread, anything else is checked here.
+    /// characters) is checked in a batch, anything else here. Needs a tokio runtime.
     pub async fn verify(&self, message: [u8; 32], sig: &str) -> SigAnswer {
         if sig.len() != 88 {
-            return self.keys.verify_signature(&message, sig);
+            return self.shared.keys.verify_signature(&message, sig);
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = Job {
+        self.shared.queue().push(Job {
             message,
             sig: sig.to_owned(),
             reply,
-        };
-        if self.tx.send(job).is_err() {
-            return self.keys.verify_signature(&message, sig);
-        }
+        });
+        self.shared.clone().lead();
         match rx.await {
             Ok(answer) => answer,
-            // The thread is gone (it cannot panic on these inputs, but never hang a request).
-            Err(_) => self.keys.verify_signature(&message, sig),
+            // A batch task cannot panic on these inputs, but never leave a request hanging.
+            Err(_) => self.shared.keys.verify_signature(&message, sig),
         }
     }
 
     /// Batches and signatures checked so far.
     pub fn stats(&self) -> &BatchStats {
-        &self.stats
+        &self.shared.stats
+    }
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
+        // Held only to push or take jobs: a poisoned lock guards nothing half-done.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a batch task unless one runs. The task clears `running` only after finding the
+    /// queue empty, and looks again after clearing it, so a job queued meanwhile is never
+    /// left without a batch.
+    fn lead(self: Arc<Self>) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(async move {
+            // Requests woken by the same group commit are queued to run after this task; let
+            // them queue their signatures first, so they share this batch.
+            tokio::task::yield_now().await;
+            loop {
+                let jobs: Vec<Job> = {
+                    let mut q = self.queue();
+                    let n = q.len().min(self.max);
+                    q.drain(..n).collect()
+                };
+                if jobs.is_empty() {
+                    self.running.store(false, Ordering::Release);
+                    if self.queue().is_empty() || self.running.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    continue;
+                }
+                self.check(jobs);
+                // Let the requests just answered (and everything else) run between batches,
+                // and more signatures gather for the next.
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+
+    fn check(&self, jobs: Vec<Job>) {
+        let items: Vec<([u8; 32], &str)> =
+            jobs.iter().map(|j| (j.message, j.sig.as_str())).collect();
+        let answers = self.keys.verify_signatures(&items);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .signatures
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            // The request may have gone (its connection closed); nothing to do.
+            let _ = job.reply.send(answer);
+        }
     }
 }
 
@@ -109,7 +157,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_checks_share_batches_and_get_their_own_answers() {
         let signer = Signer::ed25519_from_seed(&[5; 32]);
-        let batcher = SigBatcher::start(signer.verifier(), 64).unwrap();
+        let batcher = SigBatcher::new(signer.verifier(), 64);
         let mut tasks = Vec::new();
         for i in 0..400u32 {
             let b = batcher.clone();
