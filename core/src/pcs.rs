@@ -1637,6 +1637,41 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Any batch of good signatures and signatures with bytes changed gets, item by item,
+        /// the single check's answer.
+        #[test]
+        fn batches_with_damaged_signatures_answer_like_single_checks(
+            damage in proptest::collection::vec((0u8..4, 0usize..64, 1u8..=255), 2..40),
+        ) {
+            let key = SigningKey::from_bytes(&[11; 32]);
+            let verifier = Verifier::ed25519(vec![key.verifying_key()]);
+            let items: Vec<([u8; 32], String)> = damage
+                .iter()
+                .enumerate()
+                .map(|(i, &(kind, at, x))| {
+                    let m: [u8; 32] = Sha256::digest((i as u64).to_le_bytes()).into();
+                    let mut sig = key.sign(&m).to_bytes();
+                    // Kind 0 and 1 stay good; 2 changes a byte of the signature, 3 of the message.
+                    let mut msg = m;
+                    match kind {
+                        2 => sig[at] ^= x,
+                        3 => msg[at % 32] ^= x,
+                        _ => {}
+                    }
+                    (msg, B64.encode(sig))
+                })
+                .collect();
+            let refs: Vec<([u8; 32], &str)> = items.iter().map(|(m, s)| (*m, s.as_str())).collect();
+            let batched = verifier.verify_signatures(&refs);
+            for ((i, (m, s)), got) in refs.iter().enumerate().zip(&batched) {
+                proptest::prop_assert_eq!(got, &verifier.verify_signature(m, s), "item {}", i);
+                proptest::prop_assert_eq!(got.is_ok(), damage[i].0 < 2, "item {}", i);
+            }
+        }
+    }
+
     #[test]
     fn json_round_trips_with_n_j_in_scale_order() {
         let mut p = sample();
