@@ -338,6 +338,17 @@ mod tests {
     }
 
     #[test]
+    fn a_window_ending_in_a_multibyte_character_is_malformed_not_a_panic() {
+        // The input the fuzzer found (`fuzz/fuzz_targets/signal_report_json.rs`).
+        let mut r = serde_json::to_value(sample()).unwrap();
+        r["windows"][0]["window"] = serde_json::json!("5\u{333d}");
+        let e = SignalReport::from_json(&r.to_string()).unwrap_err();
+        assert_eq!(e.field, "windows[0].window", "{e}");
+        let crash = "\n{\"windows\" :\t\t[\r  [\" k\", \"[@@@@@@@@@@@@@\u{4e3}\u{311}@3329-\\u333d\", )@@u\"";
+        assert!(SignalReport::from_json(crash).is_err());
+    }
+
+    #[test]
     fn signed_report_round_trips_and_verifies() {
         let signer = Signer::hmac(b"k1".to_vec());
         let mut r = sample();

@@ -261,12 +261,14 @@ impl FromStr for WindowSpan {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || SpanError(s.to_string());
         let t = s.trim();
-        let (digits, unit) = t.split_at(t.len().saturating_sub(1));
+        // The unit is the last character, which may be any character (not always one byte).
+        let unit = t.chars().next_back().ok_or_else(err)?;
+        let digits = &t[..t.len() - unit.len_utf8()];
         let mult: u64 = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
             _ => return Err(err()),
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -883,6 +885,10 @@ mod tests {
             "-5m",
             "1.5h",
             "99999999999999999999d",
+            // A last character of more than one byte (found by fuzzing: it used to panic).
+            "5\u{333d}",
+            "\u{333d}",
+            "1\u{e9}",
         ] {
             let e = bad.parse::<WindowSpan>().unwrap_err();
             assert!(e.to_string().starts_with("window: expected"), "{bad}: {e}");
