@@ -331,13 +331,14 @@ impl Ingest {
     /// Evaluates a body with the signature checked on this thread (replay).
     fn evaluate(&self, rec: &BodyRecord) -> Verdict {
         let t = Instant::now();
-        let v = match self.stage(rec) {
+        let v = guarded(rec, || match self.stage(rec) {
             Staged::Done(v) => v,
             Staged::Signed(s) => {
                 let sig = self.keys.verify_signature(&s.message(), s.sig());
                 self.conclude(rec, s, sig)
             }
-        };
+        })
+        .unwrap_or_else(|v| v);
         self.metrics
             .verify_duration
             .observe(t.elapsed().as_secs_f64());
@@ -348,14 +349,14 @@ impl Ingest {
     /// those of concurrent requests.
     async fn evaluate_live(&self, rec: &BodyRecord) -> Verdict {
         let t = Instant::now();
-        let v = match self.stage(rec) {
-            Staged::Done(v) => v,
-            Staged::Signed(s) => {
+        let v = match guarded(rec, || self.stage(rec)) {
+            Ok(Staged::Done(v)) | Err(v) => v,
+            Ok(Staged::Signed(s)) => {
                 let sig = match &self.sigs {
                     Some(b) => b.verify(s.message(), s.sig()).await,
                     None => self.keys.verify_signature(&s.message(), s.sig()),
                 };
-                self.conclude(rec, s, sig)
+                guarded(rec, || self.conclude(rec, s, sig)).unwrap_or_else(|v| v)
             }
         };
         self.metrics
@@ -887,6 +888,36 @@ impl Ingest {
     }
 }
 
+/// Runs one evaluation step. A panic in it (a defect in a parser or check) refuses that one
+/// body with a 400 that says so and is logged, instead of ending the request's task, and,
+/// since the refusal is recorded, of failing again at every WAL replay.
+fn guarded<T>(rec: &BodyRecord, step: impl FnOnce() -> T) -> Result<T, Verdict> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(v) => Ok(v),
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(seq = rec.seq, request_id = %rec.request_id, panic = %what, "evaluating a body panicked; refused with 400");
+            Err(Verdict::Reject {
+                status: 400,
+                reason: "malformed",
+                body: json!({
+                    "error": "malformed",
+                    "field": "record",
+                    "expected": "a record the verifier can evaluate",
+                    "found": "a record whose evaluation failed inside the verifier",
+                    "message": format!("the verifier failed while evaluating this record (WAL seq {}); it is refused and the failure is logged", rec.seq),
+                }),
+                shard: None,
+                id: String::new(),
+            })
+        }
+    }
+}
+
 fn unavailable(seq: u64, why: &str) -> Answer {
     Answer {
         status: 503,
@@ -913,4 +944,39 @@ fn replay_summary(
         "appliedAtStart": applied_now, "snapshotCoversSeq": snapshot,
         "seconds": took.as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_panicking_evaluation_refuses_that_body_with_a_400_naming_its_seq() {
+        let rec = BodyRecord {
+            seq: 42,
+            at_ms: 0,
+            kind: RecordKind::Signals,
+            identity: "spiffe://coherence.dev/ns/shop/sa/default".into(),
+            request_id: "r-1".into(),
+            body: Bytes::from_static(b"{}"),
+        };
+        let ok: Result<u8, Verdict> = guarded(&rec, || 7);
+        assert!(matches!(ok, Ok(7)));
+        let refused = guarded(&rec, || -> u8 { panic!("a defect") });
+        match refused {
+            Err(Verdict::Reject {
+                status, body, id, ..
+            }) => {
+                assert_eq!(status, 400);
+                assert_eq!(body["field"], "record");
+                assert!(
+                    body["message"].as_str().unwrap().contains("WAL seq 42"),
+                    "{body}"
+                );
+                assert!(id.is_empty());
+            }
+            _ => panic!("expected a refusal"),
+        }
+    }
 }
