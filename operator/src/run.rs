@@ -26,11 +26,12 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::DynamicObject;
+use kube::core::PartialObjectMeta;
 use kube::core::{DeserializeGuard, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::wait::Condition;
-use kube::runtime::{conditions, wait::await_condition, watcher};
+use kube::runtime::{WatchStreamExt, conditions, wait::await_condition, watcher};
 use kube::{Api, ResourceExt};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
@@ -356,7 +357,6 @@ async fn lead(
     let mut ctx = Context::new(client.clone(), Arc::new(verifier), metrics, Some(identity));
     ctx.resync = args.resync;
     ctx.prometheus_rules = prometheus_rules_served(&crds).await;
-    let ctx = Arc::new(ctx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let controllers = run_controllers(client, ctx, shutdown_rx);
     tokio::pin!(controllers);
@@ -476,7 +476,77 @@ fn controller_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
 }
 
-async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::Receiver<bool>) {
+/// Triggers waiting for a controller to take them; a full buffer holds the watch back.
+const TRIGGER_BUFFER: usize = 1024;
+
+/// The receiving end of a trigger channel, as the stream `Controller::reconcile_on` takes.
+fn trigger_stream<K: kube::Resource + 'static>(
+    rx: tokio::sync::mpsc::Receiver<ObjectRef<K>>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K::DynamicType: Send,
+{
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+}
+
+/// Pod metadata as the cache keeps it: labels and the injection annotation are all the
+/// count reads; managed fields and other annotations would only take memory.
+fn slim_pod(p: &mut PartialObjectMeta<Pod>) {
+    p.metadata.managed_fields = None;
+    if let Some(a) = p.metadata.annotations.as_mut() {
+        a.retain(|k, _| k == crate::inject::INJECTED_ANNOTATION);
+    }
+}
+
+/// A Deployment as the cache keeps it: without managed fields and `kubectl`'s copy of the
+/// last applied manifest.
+fn slim_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    if let Some(a) = d.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// The gates of `d`'s namespace whose target is `d`.
+fn gates_targeting(
+    store: &Store<DeserializeGuard<FinOpsGate>>,
+    d: &Deployment,
+) -> Vec<ObjectRef<DeserializeGuard<FinOpsGate>>> {
+    let (ns, name) = (d.namespace(), d.name_any());
+    store
+        .state()
+        .iter()
+        .filter(|g| g.namespace() == ns)
+        .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+/// The pod template labels of `d` (what a policy's selector is matched against).
+fn template_labels(d: &Deployment) -> std::collections::BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+/// Runs both controllers until `stop`. Pods (metadata) and Deployments are each watched
+/// once, into the reflector stores of [`controller::Caches`] that the reconcilers read instead
+/// of listing; every change of one triggers the policies (and, for a Deployment, the gates)
+/// that refer to it.
+pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch::Receiver<bool>) {
+    let (pod_store, pod_writer) = reflector::store();
+    let (deploy_store, deploy_writer) = reflector::store();
+    ctx.caches = Some(controller::Caches {
+        pods: pod_store,
+        deployments: deploy_store,
+    });
+    let caches = ctx.caches.clone();
+    let ctx = Arc::new(ctx);
+    let (policy_tx, policy_rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
+    let (gate_tx, gate_rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
+
     let managed =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=coherence-operator");
     let policies = Controller::new(
@@ -484,9 +554,7 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
         watcher::Config::default().any_semantic(),
     )
     .with_config(controller_config());
-    let store = policies.store();
-    let pod_store = store.clone();
-    let deploy_store = store;
+    let policy_store = policies.store();
     let policies = policies
         .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
         .owns(
@@ -509,26 +577,9 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
         policies
     };
     let policies = policies
-        // Pods come and go (injected or not): re-count for the policies selecting them.
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            move |pod| policies_selecting(&pod_store, pod.namespace().as_deref(), pod.labels()),
-        )
-        // A Deployment appears, changes its template, or is paused by someone else.
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |d| {
-                let labels = d
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.metadata.as_ref())
-                    .and_then(|m| m.labels.clone())
-                    .unwrap_or_default();
-                policies_selecting(&deploy_store, d.namespace().as_deref(), &labels)
-            },
-        )
+        // Pods come and go (injected or not), Deployments appear, change their template or
+        // are paused by someone else: the caches' watches say which policies to reconcile.
+        .reconcile_on(trigger_stream(policy_rx))
         .graceful_shutdown_on(until(stop.clone()))
         .run(reconcile_policy, policy_error, ctx.clone())
         .for_each(|r| async move {
@@ -553,20 +604,7 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
         gates
     };
     let gates = gates
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |d| {
-                let (ns, name) = (d.namespace(), d.name_any());
-                gate_store
-                    .state()
-                    .iter()
-                    .filter(|g| g.namespace() == ns)
-                    .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
-                    .map(|g| ObjectRef::from_obj(g.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .reconcile_on(trigger_stream(gate_rx))
         .graceful_shutdown_on(until(stop))
         .run(reconcile_gate, gate_error, ctx)
         .for_each(|r| async move {
@@ -574,7 +612,86 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
                 tracing::debug!(error = %e, "gate controller");
             }
         });
-    futures::future::join(policies, gates).await;
+
+    let pods = {
+        let policy_store = policy_store.clone();
+        let policy_tx = policy_tx.clone();
+        let client = client.clone();
+        async move {
+            // `PartialObjectMeta<Pod>`: metadata-only lists and watches.
+            let events = watcher(
+                Api::<PartialObjectMeta<Pod>>::all(client),
+                watcher::Config::default().any_semantic(),
+            )
+            .default_backoff()
+            .modify(slim_pod)
+            .reflect(pod_writer)
+            .touched_objects();
+            tokio::pin!(events);
+            while let Some(e) = events.next().await {
+                match e {
+                    Ok(pod) => {
+                        let refs = policies_selecting(
+                            &policy_store,
+                            pod.namespace().as_deref(),
+                            pod.labels(),
+                        );
+                        for r in refs {
+                            if policy_tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pod watch; retrying"),
+                }
+            }
+        }
+    };
+    let deployments = async move {
+        let events = watcher(
+            Api::<Deployment>::all(client),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(slim_deployment)
+        .reflect(deploy_writer)
+        .touched_objects();
+        tokio::pin!(events);
+        while let Some(e) = events.next().await {
+            match e {
+                Ok(d) => {
+                    let labels = template_labels(&d);
+                    for r in policies_selecting(&policy_store, d.namespace().as_deref(), &labels) {
+                        if policy_tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                    for r in gates_targeting(&gate_store, &d) {
+                        if gate_tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "deployment watch; retrying"),
+            }
+        }
+    };
+    // The controllers start once both caches hold their first list: a reconcile never waits
+    // for them. (Many reconciles waiting on a store's readiness at once would not all be
+    // woken: the store wakes one waiter.)
+    let controllers = async move {
+        if let Some(c) = caches
+            && let Err(e) = c.ready().await
+        {
+            tracing::error!(error = %e, "controllers not started");
+            return;
+        }
+        futures::future::join(policies, gates).await;
+    };
+    let watches = futures::future::join(pods, deployments);
+    tokio::pin!(controllers, watches);
+    // The watches run as long as the controllers; they end only if both controllers stop.
+    futures::future::select(controllers, watches).await;
 }
 
 /// The admin router: `/metrics` (Prometheus text) and `/healthz`.
@@ -661,6 +778,67 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
+    }
+
+    /// Every policy of a 2,000-policy population reaches its reconciled status through
+    /// `run_controllers`, the reconcilers reading pods and Deployments from the caches: each
+    /// kind is listed through the API by its one watch, not once per reconcile.
+    #[cfg(feature = "fake")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_policies_converge_through_the_caches() {
+        use crate::controller::verifier::StaticVerifier;
+        use crate::fake::{FakeApi, Population};
+        let fake = FakeApi::new();
+        let names = fake.seed(Population::default());
+        assert_eq!(names.len(), 2000);
+        let ctx = Context::new(
+            fake.client(),
+            Arc::new(StaticVerifier::new()),
+            Arc::new(Metrics::default()),
+            None,
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let controllers = tokio::spawn(run_controllers(fake.client(), ctx, stop_rx));
+        // Reconciled: status written for this generation, pods counted from the pod cache.
+        let reconciled = |p: &serde_json::Value| {
+            p["status"]["observedGeneration"] == p["metadata"]["generation"]
+                && p["status"]["matchedPods"] == 2
+                && p["status"]["injectedPods"] == 1
+        };
+        let policy = |ns: &str, name: &str| {
+            fake.get("coherence.dev/v1alpha1", "coherencepolicies", ns, name)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let pending: Vec<_> = names
+                .iter()
+                .filter(|(ns, name)| !policy(ns, name).is_some_and(|p| reconciled(&p)))
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {} policies not reconciled, e.g. {:?}",
+                pending.len(),
+                names.len(),
+                policy(&pending[0].0, &pending[0].1)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // One list per watch (the fake does not page), a relist at most: never per reconcile.
+        for plural in ["pods", "deployments"] {
+            let reads = fake.reads_of(plural);
+            assert!(
+                (1..=2).contains(&reads),
+                "{plural} read {reads} times through the API"
+            );
+        }
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), controllers)
+            .await
+            .expect("the controllers stop on shutdown")
+            .unwrap();
     }
 
     #[test]
