@@ -280,7 +280,9 @@ async fn follow_policies(
     mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<DeserializeGuard<CoherencePolicy>> = Api::all(client);
-    let events = watcher(api, watcher::Config::default());
+    // Backs off (0.8 s doubling to 30 s) while the API server cannot be reached, instead of
+    // retrying at once in a loop.
+    let events = watcher(api, watcher::Config::default()).default_backoff();
     tokio::pin!(events);
     let mut fresh: Vec<CoherencePolicy> = Vec::new();
     loop {
@@ -839,6 +841,37 @@ mod tests {
             .await
             .expect("the controllers stop on shutdown")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_policy_watch_backs_off_while_the_api_server_is_gone() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let gone = tower::service_fn(move |_: http::Request<kube::client::Body>| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async {
+                Err::<http::Response<http_body_util::Full<bytes::Bytes>>, _>(std::io::Error::other(
+                    "connection refused",
+                ))
+            }
+        });
+        let client = kube::Client::new(gone, "default");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let follow = tokio::spawn(follow_policies(
+            client,
+            webhook::SharedPolicies::new(Vec::new()),
+            stop_rx,
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), follow)
+            .await
+            .expect("the watch stops on shutdown")
+            .unwrap();
+        // Without a backoff the watch retries at once, thousands of times in 2 s.
+        let n = calls.load(Ordering::Relaxed);
+        assert!((1..=6).contains(&n), "{n} requests in 2 s");
     }
 
     #[test]
