@@ -38,6 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -101,6 +102,14 @@ pub struct RunArgs {
     /// Inject a native sidecar (Kubernetes ≥ 1.29); `false` injects a plain container.
     #[arg(long, env = "COHERENCE_NATIVE_SIDECARS", default_value_t = true, action = clap::ArgAction::Set)]
     pub native_sidecars: bool,
+    /// Threads of the async runtime. One keeps the resident set smallest; the work is mostly
+    /// waiting on the API server.
+    #[arg(long, env = "COHERENCE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
+    /// Reconciles each controller runs at once. Each one in flight holds a request to the API
+    /// server and its buffers: unbounded, a resync of 2,000 policies took about 800 MB.
+    #[arg(long, env = "COHERENCE_RECONCILE_CONCURRENCY", default_value_t = DEFAULT_RECONCILE_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    pub reconcile_concurrency: u16,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -118,6 +127,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     // One process-wide rustls provider: kube's client and the verifier client both use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
         .enable_all()
         .build()
     {
@@ -197,7 +207,16 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    let hook = match start_webhook(&client, &args, stop_rx.clone()).await {
+    let (policies, policy_writer) = PolicyFeed::new();
+    let hook = match start_webhook(
+        &client,
+        &args,
+        policies.clone(),
+        policy_writer,
+        stop_rx.clone(),
+    )
+    .await
+    {
         Ok(h) => h,
         Err(e) => {
             eprintln!("coherence-operator: {e}");
@@ -207,19 +226,22 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    let code = lead(client, verifier, metrics, &args, identity).await;
+    let code = lead(client, verifier, metrics, policies, &args, identity).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = hook.await;
     code
 }
 
-/// Starts the injection webhook on every replica: its policies follow a watch of all
-/// CoherencePolicies (a malformed one is skipped, not fatal), its certificate comes from files
-/// or is generated, in which case the MutatingWebhookConfiguration's `caBundle` is patched.
+/// Starts the injection webhook on every replica: its policies are the store of
+/// [`PolicyFeed`], filled by a watch of all CoherencePolicies (a malformed one is skipped,
+/// not fatal); its certificate comes from files or is generated, in which case the
+/// MutatingWebhookConfiguration's `caBundle` is patched.
 async fn start_webhook(
     client: &kube::Client,
     args: &RunArgs,
+    policies: PolicyFeed,
+    writer: reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let tls = match (&args.webhook_cert, &args.webhook_key) {
@@ -260,31 +282,85 @@ async fn start_webhook(
     let listener = tokio::net::TcpListener::bind(args.webhook_listen)
         .await
         .map_err(|e| format!("--webhook-listen {}: {e}", args.webhook_listen))?;
-    let policies = webhook::SharedPolicies::new(Vec::new());
     let options = crate::inject::InjectOptions {
         image: args.sidecar_image.clone(),
         native_sidecars: args.native_sidecars,
     };
-    let app = webhook::router(Arc::new(policies.clone()), options);
-    let watch_policies = follow_policies(client.clone(), policies, stop.clone());
+    let app = webhook::router(
+        Arc::new(webhook::StorePolicies(policies.store.clone())),
+        options,
+    );
+    let watch_policies = follow_policies(client.clone(), writer, policies, stop.clone());
     let serve = webhook::serve(listener, tls, app, until(stop), Duration::from_secs(10));
     Ok(tokio::spawn(async move {
         tokio::join!(watch_policies, serve);
     }))
 }
 
-/// Keeps `shared` equal to the cluster's CoherencePolicies until `stop`.
+/// The one CoherencePolicy store of the process: the webhook reads it on every replica, and
+/// the leader's policy controller reads it and is triggered by its changes (a second store
+/// would hold every policy twice).
+#[derive(Clone)]
+pub struct PolicyFeed {
+    store: Store<DeserializeGuard<CoherencePolicy>>,
+    /// The policy controller's triggers, once it runs.
+    subscriber: Arc<std::sync::Mutex<Option<PolicyTrigger>>>,
+}
+
+type PolicyTrigger = tokio::sync::mpsc::Sender<ObjectRef<DeserializeGuard<CoherencePolicy>>>;
+
+impl PolicyFeed {
+    /// An empty feed and the writer [`follow_policies`] fills it with.
+    pub fn new() -> (
+        Self,
+        reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
+    ) {
+        let (store, writer) = reflector::store();
+        let feed = Self {
+            store,
+            subscriber: Arc::default(),
+        };
+        (feed, writer)
+    }
+
+    fn subscriber(&self) -> std::sync::MutexGuard<'_, Option<PolicyTrigger>> {
+        self.subscriber.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on, every changed policy is sent to the returned stream; it starts with every
+    /// policy the store holds (call once the store is ready).
+    fn subscribe(
+        &self,
+    ) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<CoherencePolicy>>> + Send + use<>
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
+        *self.subscriber() = Some(tx);
+        let now: Vec<_> = self
+            .store
+            .state()
+            .iter()
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect();
+        futures::stream::iter(now).chain(trigger_stream(rx))
+    }
+}
+
+/// Keeps the store of `feed` equal to the cluster's CoherencePolicies until `stop`, and
+/// passes each change on to the policy controller once it has subscribed.
 async fn follow_policies(
     client: kube::Client,
-    shared: webhook::SharedPolicies,
+    writer: reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
+    feed: PolicyFeed,
     mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<DeserializeGuard<CoherencePolicy>> = Api::all(client);
     // Backs off (0.8 s doubling to 30 s) while the API server cannot be reached, instead of
     // retrying at once in a loop.
-    let events = watcher(api, watcher::Config::default()).default_backoff();
+    let events = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
     tokio::pin!(events);
-    let mut fresh: Vec<CoherencePolicy> = Vec::new();
     loop {
         let next = tokio::select! {
             e = events.next() => e,
@@ -293,22 +369,16 @@ async fn follow_policies(
         match next {
             None => return,
             Some(Err(e)) => tracing::warn!(error = %e, "policy watch; retrying"),
-            Some(Ok(watcher::Event::Init)) => fresh.clear(),
-            Some(Ok(watcher::Event::InitApply(g))) => {
-                if let Ok(p) = g.0 {
-                    fresh.push(p);
+            Some(Ok(g)) => {
+                if let Err(invalid) = &g.0 {
+                    tracing::warn!(error = %invalid.error, "a CoherencePolicy that cannot be read is not used for injection");
                 }
-            }
-            Some(Ok(watcher::Event::InitDone)) => shared.replace_all(std::mem::take(&mut fresh)),
-            Some(Ok(watcher::Event::Apply(g))) => match g.0 {
-                Ok(p) => shared.upsert(p),
-                Err(invalid) => {
-                    tracing::warn!(error = %invalid.error, "a CoherencePolicy that cannot be read is not used for injection")
-                }
-            },
-            Some(Ok(watcher::Event::Delete(g))) => {
-                if let (Some(ns), name) = (g.namespace(), g.name_any()) {
-                    shared.remove(&ns, &name);
+                let tx = feed.subscriber().clone();
+                if let Some(tx) = tx
+                    && tx.send(ObjectRef::from_obj(&g)).await.is_err()
+                {
+                    // The controller stopped (the lease was lost or the process is ending).
+                    *feed.subscriber() = None;
                 }
             }
         }
@@ -320,6 +390,7 @@ async fn lead(
     client: kube::Client,
     verifier: HttpVerifier,
     metrics: Arc<Metrics>,
+    policies: PolicyFeed,
     args: &RunArgs,
     identity: String,
 ) -> ExitCode {
@@ -360,7 +431,13 @@ async fn lead(
     ctx.resync = args.resync;
     ctx.prometheus_rules = prometheus_rules_served(&crds).await;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let controllers = run_controllers(client, ctx, shutdown_rx);
+    let controllers = run_controllers(
+        client,
+        ctx,
+        policies,
+        args.reconcile_concurrency,
+        shutdown_rx,
+    );
     tokio::pin!(controllers);
 
     tokio::select! {
@@ -469,13 +546,13 @@ fn gate_error(obj: Arc<DeserializeGuard<FinOpsGate>>, e: &Error, ctx: Arc<Contex
     ctx.retry(gate::CONTROLLER, &controller::object_key(obj.as_ref()), e)
 }
 
-/// Reconciles one controller runs at once. Unbounded, a resync of thousands of objects opens
-/// a connection to the API server per reconcile in flight, each with its buffers: at 2,000
+/// Default of `--reconcile-concurrency`. Unbounded, a resync of thousands of objects opens a
+/// connection to the API server per reconcile in flight, each with its buffers: at 2,000
 /// policies that was about 800 MB of resident memory.
-const RECONCILE_CONCURRENCY: u16 = 16;
+pub const DEFAULT_RECONCILE_CONCURRENCY: u16 = 16;
 
-fn controller_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
+fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(concurrency)
 }
 
 /// Triggers waiting for a controller to take them; a full buffer holds the watch back.
@@ -533,11 +610,18 @@ fn template_labels(d: &Deployment) -> std::collections::BTreeMap<String, String>
         .unwrap_or_default()
 }
 
-/// Runs both controllers until `stop`. Pods (metadata) and Deployments are each watched
-/// once, into the reflector stores of [`controller::Caches`] that the reconcilers read instead
-/// of listing; every change of one triggers the policies (and, for a Deployment, the gates)
-/// that refer to it.
-pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch::Receiver<bool>) {
+/// Runs both controllers until `stop`, `concurrency` reconciles each at once. Pods (metadata)
+/// and Deployments are each watched once, into the reflector stores of
+/// [`controller::Caches`] that the reconcilers read instead of listing; every change of one
+/// triggers the policies (and, for a Deployment, the gates) that refer to it. Policies come
+/// from `feed` (its watch runs beside, in [`follow_policies`]).
+pub async fn run_controllers(
+    client: kube::Client,
+    mut ctx: Context,
+    feed: PolicyFeed,
+    concurrency: u16,
+    stop: watch::Receiver<bool>,
+) {
     let (pod_store, pod_writer) = reflector::store();
     let (deploy_store, deploy_writer) = reflector::store();
     ctx.caches = Some(controller::Caches {
@@ -551,12 +635,15 @@ pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch
 
     let managed =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=coherence-operator");
-    let policies = Controller::new(
-        Api::<DeserializeGuard<CoherencePolicy>>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(controller_config());
-    let policy_store = policies.store();
+    // The feed's stream of changed policies, handed over once the stores are ready.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let policy_changes = futures::stream::once(ready_rx)
+        .filter_map(|r| async move { r.ok() })
+        .flatten();
+    let policy_store = feed.store.clone();
+    // The policy store is filled by the webhook's watch: no second watch of the policies.
+    let policies = Controller::for_stream(futures::stream::pending(), policy_store.clone())
+        .with_config(controller_config(concurrency));
     let policies = policies
         .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
         .owns(
@@ -581,7 +668,10 @@ pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch
     let policies = policies
         // Pods come and go (injected or not), Deployments appear, change their template or
         // are paused by someone else: the caches' watches say which policies to reconcile.
-        .reconcile_on(trigger_stream(policy_rx))
+        .reconcile_on(futures::stream::select(
+            policy_changes,
+            trigger_stream(policy_rx),
+        ))
         .graceful_shutdown_on(until(stop.clone()))
         .run(reconcile_policy, policy_error, ctx.clone())
         .for_each(|r| async move {
@@ -594,7 +684,7 @@ pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch
         Api::<DeserializeGuard<FinOpsGate>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(controller_config());
+    .with_config(controller_config(concurrency));
     let gate_store = gates.store();
     let gates = if ctx.prometheus_rules {
         gates.owns_with(
@@ -615,7 +705,11 @@ pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch
             }
         });
 
+    // Set when the controllers start; until then a trigger would wait for a reader that has
+    // not started, and hold back the first list the controllers wait for.
+    let started = Arc::new(AtomicBool::new(false));
     let pods = {
+        let started = started.clone();
         let policy_store = policy_store.clone();
         let policy_tx = policy_tx.clone();
         let client = client.clone();
@@ -632,6 +726,9 @@ pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch
             tokio::pin!(events);
             while let Some(e) = events.next().await {
                 match e {
+                    // Before the controllers start, nothing to trigger: they begin with every
+                    // policy, once the caches hold their first list.
+                    Ok(_) if !started.load(Ordering::Acquire) => {}
                     Ok(pod) => {
                         let refs = policies_selecting(
                             &policy_store,
@@ -649,32 +746,38 @@ pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch
             }
         }
     };
-    let deployments = async move {
-        let events = watcher(
-            Api::<Deployment>::all(client),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(slim_deployment)
-        .reflect(deploy_writer)
-        .touched_objects();
-        tokio::pin!(events);
-        while let Some(e) = events.next().await {
-            match e {
-                Ok(d) => {
-                    let labels = template_labels(&d);
-                    for r in policies_selecting(&policy_store, d.namespace().as_deref(), &labels) {
-                        if policy_tx.send(r).await.is_err() {
-                            return;
+    let deployments = {
+        let started = started.clone();
+        async move {
+            let events = watcher(
+                Api::<Deployment>::all(client),
+                watcher::Config::default().any_semantic(),
+            )
+            .default_backoff()
+            .modify(slim_deployment)
+            .reflect(deploy_writer)
+            .touched_objects();
+            tokio::pin!(events);
+            while let Some(e) = events.next().await {
+                match e {
+                    Ok(_) if !started.load(Ordering::Acquire) => {}
+                    Ok(d) => {
+                        let labels = template_labels(&d);
+                        for r in
+                            policies_selecting(&policy_store, d.namespace().as_deref(), &labels)
+                        {
+                            if policy_tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                        for r in gates_targeting(&gate_store, &d) {
+                            if gate_tx.send(r).await.is_err() {
+                                return;
+                            }
                         }
                     }
-                    for r in gates_targeting(&gate_store, &d) {
-                        if gate_tx.send(r).await.is_err() {
-                            return;
-                        }
-                    }
+                    Err(e) => tracing::warn!(error = %e, "deployment watch; retrying"),
                 }
-                Err(e) => tracing::warn!(error = %e, "deployment watch; retrying"),
             }
         }
     };
@@ -688,6 +791,13 @@ pub async fn run_controllers(client: kube::Client, mut ctx: Context, stop: watch
             tracing::error!(error = %e, "controllers not started");
             return;
         }
+        if feed.store.wait_until_ready().await.is_err() {
+            tracing::error!("controllers not started: the policy watch stopped");
+            return;
+        }
+        // Every policy now in the store, then every change.
+        started.store(true, Ordering::Release);
+        let _ = ready_tx.send(feed.subscribe());
         futures::future::join(policies, gates).await;
     };
     let watches = futures::future::join(pods, deployments);
@@ -800,7 +910,20 @@ mod tests {
             None,
         );
         let (stop_tx, stop_rx) = watch::channel(false);
-        let controllers = tokio::spawn(run_controllers(fake.client(), ctx, stop_rx));
+        let (feed, writer) = PolicyFeed::new();
+        let follow = tokio::spawn(follow_policies(
+            fake.client(),
+            writer,
+            feed.clone(),
+            stop_rx.clone(),
+        ));
+        let controllers = tokio::spawn(run_controllers(
+            fake.client(),
+            ctx,
+            feed,
+            DEFAULT_RECONCILE_CONCURRENCY,
+            stop_rx,
+        ));
         // Reconciled: status written for this generation, pods counted from the pod cache.
         let reconciled = |p: &serde_json::Value| {
             p["status"]["observedGeneration"] == p["metadata"]["generation"]
@@ -829,6 +952,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         // One list per watch (the fake does not page), a relist at most: never per reconcile.
+        // The policies are watched once, for the webhook and the controller; a policy is read
+        // again only before its finalizer is added (by the first trigger, and by a trigger
+        // holding a copy from before).
+        let reads = fake.reads_of("coherencepolicies");
+        assert!(
+            (1..=2 * names.len() as u64).contains(&reads),
+            "policies read {reads} times through the API"
+        );
         for plural in ["pods", "deployments"] {
             let reads = fake.reads_of(plural);
             assert!(
@@ -841,6 +972,7 @@ mod tests {
             .await
             .expect("the controllers stop on shutdown")
             .unwrap();
+        follow.await.unwrap();
     }
 
     #[tokio::test]
@@ -858,11 +990,8 @@ mod tests {
         });
         let client = kube::Client::new(gone, "default");
         let (stop_tx, stop_rx) = watch::channel(false);
-        let follow = tokio::spawn(follow_policies(
-            client,
-            webhook::SharedPolicies::new(Vec::new()),
-            stop_rx,
-        ));
+        let (feed, writer) = PolicyFeed::new();
+        let follow = tokio::spawn(follow_policies(client, writer, feed, stop_rx));
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop_tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), follow)
@@ -872,6 +1001,41 @@ mod tests {
         // Without a backoff the watch retries at once, thousands of times in 2 s.
         let n = calls.load(Ordering::Relaxed);
         assert!((1..=6).contains(&n), "{n} requests in 2 s");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn runtime_threads_and_concurrency_are_flags_with_small_defaults() {
+        use clap::Parser as _;
+        let f = Flags::try_parse_from(["run"]).unwrap();
+        assert_eq!(
+            (f.run.worker_threads, f.run.reconcile_concurrency),
+            (1, DEFAULT_RECONCILE_CONCURRENCY)
+        );
+        let f = Flags::try_parse_from([
+            "run",
+            "--worker-threads",
+            "2",
+            "--reconcile-concurrency",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!((f.run.worker_threads, f.run.reconcile_concurrency), (2, 4));
+        for (flag, value) in [
+            ("--worker-threads", "0"),
+            ("--reconcile-concurrency", "0"),
+            ("--worker-threads", "many"),
+        ] {
+            let e = Flags::try_parse_from(["run", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag), "{e}");
+        }
     }
 
     #[test]
