@@ -72,9 +72,10 @@ bench-operator:
 	$(CARGO) bench -p coherence-operator --features fake --bench reconcile
 
 ## bench-operator-rss: the real `coherence-operator run` against 2,000 policies served by the
-## fake API in its own process; the operator's RSS and time per reconcile.
+## fake API in its own process; the operator's RSS and time per reconcile. OPERATOR_RSS_ARGS
+## adds flags, e.g. OPERATOR_RSS_ARGS="--policies 500 --pods-per-deployment 2 --profile operator".
 bench-operator-rss:
-	python3 bench/operator_rss.py
+	python3 bench/operator_rss.py $(OPERATOR_RSS_ARGS)
 
 ## bench-sidecar: RSS and CPU of the sidecar beside the Prometheus agent on the same node
 ## exporter (~200 series at 1 Hz, BENCH_SECONDS, default 300), then with a full 2-minute window

@@ -15,6 +15,15 @@ reconcile comes from the operator's own histogram
 `coherence_reconcile_duration_seconds{controller="coherencepolicy"}` (sum / count).
 
     make bench-operator-rss          # or: python3 bench/operator_rss.py --policies 2000
+    # 2,000 watched objects: 500 policies, a Deployment each with two pods; the size-tuned build
+    python3 bench/operator_rss.py --policies 500 --deployments-per-policy 1 \
+        --pods-per-deployment 2 --profile operator
+    make bench-operator-rss OPERATOR_RSS_ARGS="--malloc-arena-max 2 --operator-arg=--worker-threads=2"
+
+`--profile` picks the cargo profile of the operator binary (`release`, or `operator`: the
+size-tuned profile of `Dockerfile.operator`); the fake API server and the verifier are always
+release builds. `--malloc-arena-max` sets glibc's `MALLOC_ARENA_MAX` for the operator;
+`--operator-arg` (repeatable) adds a flag to `coherence-operator run`.
 """
 
 import argparse
@@ -90,25 +99,45 @@ def main():
     sys.stdout.reconfigure(line_buffering=True)
     ap = argparse.ArgumentParser()
     ap.add_argument("--policies", type=int, default=2000)
+    ap.add_argument("--deployments-per-policy", type=int, default=1)
+    ap.add_argument("--pods-per-deployment", type=int, default=2)
+    ap.add_argument("--malloc-arena-max", type=int, default=None,
+                    help="MALLOC_ARENA_MAX of the operator process (glibc)")
+    ap.add_argument("--operator-arg", action="append", default=[],
+                    help="an extra argument of `coherence-operator run` (repeatable)")
+    ap.add_argument("--profile", default="release",
+                    help="cargo profile of the operator binary: release or operator")
     ap.add_argument("--steady-seconds", type=int, default=30)
     ap.add_argument("--resync", default="20s")
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
+    for name in ("policies", "deployments_per_policy", "pods_per_deployment"):
+        if getattr(a, name) < 0:
+            ap.error(f"--{name.replace('_', '-')}: expected a count >= 0, got {getattr(a, name)}")
+    if a.malloc_arena_max is not None and a.malloc_arena_max < 1:
+        ap.error(f"--malloc-arena-max: expected 1 or more, got {a.malloc_arena_max}")
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", a.profile):
+        ap.error(f"--profile: expected a cargo profile name like release or operator, got {a.profile!r}")
+    profile_flag = ["--release"] if a.profile == "release" else ["--profile", a.profile]
 
     if not a.no_build:
         for cmd in (
-            ["cargo", "build", "--release", "--locked", "-p", "coherence-operator", "--bin", "coherence-operator"],
+            ["cargo", "build", *profile_flag, "--locked", "-p", "coherence-operator", "--bin", "coherence-operator"],
             ["cargo", "build", "--release", "--locked", "-p", "coherence-verifier", "--bin", "coherence-verifier"],
             ["cargo", "build", "--release", "--locked", "-p", "coherence-operator", "--features", "fake", "--example", "fake_apiserver"],
         ):
             subprocess.run(cmd, cwd=ROOT, check=True)
     rel = os.path.join(a.target_dir, "release")
+    op_bin = os.path.join(a.target_dir, "release" if a.profile == "release" else a.profile, "coherence-operator")
     procs = []
     tmp = tempfile.mkdtemp(prefix="coherence-bench-operator-")
     try:
         fake = subprocess.Popen(
-            [os.path.join(rel, "examples", "fake_apiserver"), "--listen", "127.0.0.1:0", "--policies", str(a.policies)],
+            [os.path.join(rel, "examples", "fake_apiserver"), "--listen", "127.0.0.1:0",
+             "--policies", str(a.policies),
+             "--deployments-per-policy", str(a.deployments_per_policy),
+             "--pods-per-deployment", str(a.pods_per_deployment)],
             stdout=subprocess.PIPE, text=True,
         )
         procs.append(fake)
@@ -135,14 +164,16 @@ def main():
             )
         mport, wport = free_port(), free_port()
         env = dict(os.environ, KUBECONFIG=kubeconfig, RUST_LOG="warn")
+        if a.malloc_arena_max is not None:
+            env["MALLOC_ARENA_MAX"] = str(a.malloc_arena_max)
         started = time.time()
         op = subprocess.Popen(
-            [os.path.join(rel, "coherence-operator"), "run",
+            [op_bin, "run",
              "--verifier-endpoint", f"http://127.0.0.1:{vport}",
              "--metrics-listen", f"127.0.0.1:{mport}",
              "--webhook-listen", f"127.0.0.1:{wport}",
              "--lease-namespace", "coherence", "--identity", "bench-0",
-             "--resync", a.resync],
+             "--resync", a.resync, *a.operator_arg],
             env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "operator.log"), "w"),
         )
         procs.append(op)
@@ -168,6 +199,8 @@ def main():
         ) + total
         steady_n = count1 - count0
         print(f"policies: {total}; watched pods + Deployments + policies: {objects}")
+        print(f"operator: --profile {a.profile}; MALLOC_ARENA_MAX={a.malloc_arena_max or 'unset'}; "
+              f"extra args: {' '.join(a.operator_arg) or 'none'}")
         print(f"converged (every policy's status observed) in {converge_s:.1f} s after start")
         print(f"reconciles: {int(count1)}; mean {1000 * sum1 / max(count1, 1):.2f} ms per reconcile overall")
         if steady_n > 0:
@@ -176,7 +209,7 @@ def main():
             f"operator RSS over {len(samples)} s steady: median {sorted(samples)[len(samples) // 2] / 1024:.2f} MiB, "
             f"max {max(samples) / 1024:.2f} MiB; peak (VmHWM) {peak / 1024:.2f} MiB"
         )
-        print("method: real `coherence-operator run` (release) against the fake API server over HTTP in "
+        print(f"method: real `coherence-operator run` ({a.profile}) against the fake API server over HTTP in "
               "its own process; RSS from /proc/PID/status; per-reconcile time from the operator's histogram")
     finally:
         for p in reversed(procs):

@@ -584,6 +584,39 @@ pub struct NetworkPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub ingress_from: Vec<NetworkPolicyPeer>,
+    /// When ingress is isolated (`ingressFrom` is not empty), these peers may also reach the
+    /// sidecar's metrics port (`coh-metrics`, 9104). Default: the Prometheus Operator's
+    /// Prometheus pods (`app.kubernetes.io/name: prometheus`) in any namespace; `[]` allows
+    /// none.
+    #[serde(default = "default_metrics_from")]
+    #[schemars(length(max = 32))]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            allow_verifier_egress: true,
+            ingress_from: Vec::new(),
+            metrics_from: default_metrics_from(),
+        }
+    }
+}
+
+/// The Prometheus Operator's Prometheus pods, in any namespace.
+pub fn default_metrics_from() -> Vec<NetworkPolicyPeer> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    vec![NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector::default()),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(std::collections::BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "prometheus".to_string(),
+            )])),
+            match_expressions: None,
+        }),
+        ip_block: None,
+    }]
 }
 
 fn default_true() -> bool {

@@ -106,6 +106,55 @@ impl Default for FakeApi {
     }
 }
 
+/// What [`FakeApi::seed`] puts in the store: `policies` CoherencePolicies `app-<i>`, 40 to a
+/// namespace `ns-<i / 40>`, each selecting its own `deployments_per_policy` Deployments with
+/// `pods_per_deployment` pods each (the first pod of a Deployment carries the injection
+/// annotation). Every policy asks for an HPA, a PDB and a NetworkPolicy, in `enforce` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Population {
+    /// CoherencePolicies.
+    pub policies: usize,
+    /// Deployments each policy selects.
+    pub deployments_per_policy: usize,
+    /// Pods of each Deployment.
+    pub pods_per_deployment: usize,
+}
+
+impl Default for Population {
+    /// 2,000 policies, one Deployment each with two pods.
+    fn default() -> Self {
+        Self {
+            policies: 2000,
+            deployments_per_policy: 1,
+            pods_per_deployment: 2,
+        }
+    }
+}
+
+/// Policies per namespace in a [`Population`].
+pub const POLICIES_PER_NAMESPACE: usize = 40;
+
+/// The CoherencePolicy `name` in `ns` of a [`Population`]: it selects `app: <name>`.
+pub fn population_policy(ns: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "coherence.dev/v1alpha1", "kind": "CoherencePolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "sources": [{"name": "app", "prometheus": {"port": 9090, "path": "/metrics",
+                "metrics": ["http_requests_total", "latency_p95_ms"], "interval": "15s"}}],
+            "windows": ["5m", "1h"],
+            "pcs": {"alg": "hmac", "secretRef": {"name": "coherence-pcs", "key": "PCS_HMAC_KEY"}, "epoch": "60s"},
+            "protect": {
+                "hpa": {"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 70},
+                "pdb": {"minAvailable": 1},
+                "networkPolicy": {"allowVerifierEgress": true},
+            },
+            "veto": {"mode": "enforce"},
+        },
+    })
+}
+
 /// The body of every answer: whole (`Full`) or a watch stream.
 pub type FakeBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -435,6 +484,66 @@ impl FakeApi {
         drop(s);
         self.version.send_replace(rv);
         v
+    }
+
+    /// Stores the CoherencePolicy and FinOpsGate CRDs of `crds/`, established.
+    pub fn seed_crds(&self) {
+        for doc in [
+            include_str!("../../crds/coherencepolicy.yaml"),
+            include_str!("../../crds/finopsgate.yaml"),
+        ] {
+            let Ok(mut crd) = serde_yaml_ng::from_str::<Value>(doc) else {
+                continue;
+            };
+            crd["status"] = json!({"conditions": [
+                {"type": "Established", "status": "True"},
+                {"type": "NamesAccepted", "status": "True"},
+            ]});
+            self.insert("customresourcedefinitions", &crd);
+        }
+    }
+
+    /// Stores `population` (see [`Population`]); returns the `(namespace, name)` of each
+    /// policy, in order.
+    pub fn seed(&self, population: Population) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(population.policies);
+        for i in 0..population.policies {
+            let ns = format!("ns-{}", i / POLICIES_PER_NAMESPACE);
+            let name = format!("app-{i}");
+            for d in 0..population.deployments_per_policy {
+                let deployment = if population.deployments_per_policy == 1 {
+                    name.clone()
+                } else {
+                    format!("{name}-{d}")
+                };
+                self.insert(
+                    "deployments",
+                    &json!({
+                        "apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": deployment, "namespace": ns},
+                        "spec": {"selector": {"matchLabels": {"app": name, "deployment": deployment}},
+                            "template": {"metadata": {"labels": {"app": name, "deployment": deployment}},
+                                "spec": {"containers": [{"name": "app", "image": "app:1",
+                                    "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}]}}},
+                    }),
+                );
+                for p in 0..population.pods_per_deployment {
+                    let mut pod = json!({
+                        "apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": format!("{deployment}-{p}"), "namespace": ns,
+                            "labels": {"app": name, "deployment": deployment}},
+                        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+                    });
+                    if p == 0 {
+                        pod["metadata"]["annotations"] = json!({"coherence.dev/injected": name});
+                    }
+                    self.insert("pods", &pod);
+                }
+            }
+            self.insert("coherencepolicies", &population_policy(&ns, &name));
+            out.push((ns, name));
+        }
+        out
     }
 
     /// The stored object, if any.

@@ -21,10 +21,10 @@ use crate::crd::{CoherencePolicy, SignAlg};
 use crate::error::Error;
 use crate::{finops, owner, render, selector};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    KeyToPath, ObjectFieldSelector, Pod, PodSpec, ProjectedVolumeSource, ResourceFieldSelector,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretProjection, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, KeyToPath, ObjectFieldSelector, Pod, PodSpec, ProjectedVolumeSource,
+    ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretProjection, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -654,6 +654,12 @@ fn sidecar_container(
             format!("{}/{}", render::CONFIG_DIR, render::CONFIG_KEY),
         ]),
         env: Some(env(policy, workload, main)),
+        ports: Some(vec![ContainerPort {
+            name: Some(render::METRICS_PORT_NAME.into()),
+            container_port: render::METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), q(REQUESTS.0)),

@@ -179,10 +179,22 @@ fn network_policy(
     let mut egress = None;
     if !n.ingress_from.is_empty() {
         types.push("Ingress".to_string());
-        ingress = Some(vec![NetworkPolicyIngressRule {
+        let mut rules = vec![NetworkPolicyIngressRule {
             from: Some(n.ingress_from.clone()),
             ports: None,
-        }]);
+        }];
+        // Prometheus scrapes the sidecar's `api.metricsListen` (and nothing else of the pod).
+        if !n.metrics_from.is_empty() {
+            rules.push(NetworkPolicyIngressRule {
+                from: Some(n.metrics_from.clone()),
+                ports: Some(vec![NetworkPolicyPort {
+                    protocol: Some("TCP".into()),
+                    port: Some(IntOrString::String(crate::render::METRICS_PORT_NAME.into())),
+                    end_port: None,
+                }]),
+            });
+        }
+        ingress = Some(rules);
     }
     if n.allow_verifier_egress {
         types.push("Egress".to_string());

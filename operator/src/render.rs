@@ -22,6 +22,13 @@ pub const OUTBOX_DIR: &str = "/var/run/coherence/outbox";
 pub const CONFIG_DIR: &str = "/etc/coherence";
 /// Key of the configuration in the ConfigMap (and file name in [`CONFIG_DIR`]).
 pub const CONFIG_KEY: &str = "config.yaml";
+/// Where the sidecar also serves `/metrics` and `/healthz` (`api.metricsListen`), for
+/// Prometheus; the injected container names the port [`METRICS_PORT_NAME`].
+pub const METRICS_LISTEN: &str = "0.0.0.0:9104";
+/// The port of [`METRICS_LISTEN`].
+pub const METRICS_PORT: i32 = 9104;
+/// Name of the sidecar container's metrics port (NetworkPolicy and PodMonitor refer to it).
+pub const METRICS_PORT_NAME: &str = "coh-metrics";
 /// Source Secrets are mounted at `SECRETS_DIR/<source name>/`.
 pub const SECRETS_DIR: &str = "/var/run/coherence/secrets";
 
@@ -111,6 +118,7 @@ pub fn sidecar_config(spec: &CoherencePolicySpec) -> Result<Value, Error> {
         }),
     );
     cfg.insert("outbox".into(), json!({ "dir": OUTBOX_DIR }));
+    cfg.insert("api".into(), json!({ "metricsListen": METRICS_LISTEN }));
     Ok(Value::Object(cfg))
 }
 

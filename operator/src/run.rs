@@ -26,17 +26,19 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::DynamicObject;
+use kube::core::PartialObjectMeta;
 use kube::core::{DeserializeGuard, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::wait::Condition;
-use kube::runtime::{conditions, wait::await_condition, watcher};
+use kube::runtime::{WatchStreamExt, conditions, wait::await_condition, watcher};
 use kube::{Api, ResourceExt};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -100,6 +102,14 @@ pub struct RunArgs {
     /// Inject a native sidecar (Kubernetes ≥ 1.29); `false` injects a plain container.
     #[arg(long, env = "COHERENCE_NATIVE_SIDECARS", default_value_t = true, action = clap::ArgAction::Set)]
     pub native_sidecars: bool,
+    /// Threads of the async runtime. One keeps the resident set smallest; the work is mostly
+    /// waiting on the API server.
+    #[arg(long, env = "COHERENCE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
+    /// Reconciles each controller runs at once. Each one in flight holds a request to the API
+    /// server and its buffers: unbounded, a resync of 2,000 policies took about 800 MB.
+    #[arg(long, env = "COHERENCE_RECONCILE_CONCURRENCY", default_value_t = DEFAULT_RECONCILE_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    pub reconcile_concurrency: u16,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -117,6 +127,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     // One process-wide rustls provider: kube's client and the verifier client both use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
         .enable_all()
         .build()
     {
@@ -196,7 +207,16 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    let hook = match start_webhook(&client, &args, stop_rx.clone()).await {
+    let (policies, policy_writer) = PolicyFeed::new();
+    let hook = match start_webhook(
+        &client,
+        &args,
+        policies.clone(),
+        policy_writer,
+        stop_rx.clone(),
+    )
+    .await
+    {
         Ok(h) => h,
         Err(e) => {
             eprintln!("coherence-operator: {e}");
@@ -206,19 +226,22 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    let code = lead(client, verifier, metrics, &args, identity).await;
+    let code = lead(client, verifier, metrics, policies, &args, identity).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = hook.await;
     code
 }
 
-/// Starts the injection webhook on every replica: its policies follow a watch of all
-/// CoherencePolicies (a malformed one is skipped, not fatal), its certificate comes from files
-/// or is generated, in which case the MutatingWebhookConfiguration's `caBundle` is patched.
+/// Starts the injection webhook on every replica: its policies are the store of
+/// [`PolicyFeed`], filled by a watch of all CoherencePolicies (a malformed one is skipped,
+/// not fatal); its certificate comes from files or is generated, in which case the
+/// MutatingWebhookConfiguration's `caBundle` is patched.
 async fn start_webhook(
     client: &kube::Client,
     args: &RunArgs,
+    policies: PolicyFeed,
+    writer: reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let tls = match (&args.webhook_cert, &args.webhook_key) {
@@ -259,29 +282,85 @@ async fn start_webhook(
     let listener = tokio::net::TcpListener::bind(args.webhook_listen)
         .await
         .map_err(|e| format!("--webhook-listen {}: {e}", args.webhook_listen))?;
-    let policies = webhook::SharedPolicies::new(Vec::new());
     let options = crate::inject::InjectOptions {
         image: args.sidecar_image.clone(),
         native_sidecars: args.native_sidecars,
     };
-    let app = webhook::router(Arc::new(policies.clone()), options);
-    let watch_policies = follow_policies(client.clone(), policies, stop.clone());
+    let app = webhook::router(
+        Arc::new(webhook::StorePolicies(policies.store.clone())),
+        options,
+    );
+    let watch_policies = follow_policies(client.clone(), writer, policies, stop.clone());
     let serve = webhook::serve(listener, tls, app, until(stop), Duration::from_secs(10));
     Ok(tokio::spawn(async move {
         tokio::join!(watch_policies, serve);
     }))
 }
 
-/// Keeps `shared` equal to the cluster's CoherencePolicies until `stop`.
+/// The one CoherencePolicy store of the process: the webhook reads it on every replica, and
+/// the leader's policy controller reads it and is triggered by its changes (a second store
+/// would hold every policy twice).
+#[derive(Clone)]
+pub struct PolicyFeed {
+    store: Store<DeserializeGuard<CoherencePolicy>>,
+    /// The policy controller's triggers, once it runs.
+    subscriber: Arc<std::sync::Mutex<Option<PolicyTrigger>>>,
+}
+
+type PolicyTrigger = tokio::sync::mpsc::Sender<ObjectRef<DeserializeGuard<CoherencePolicy>>>;
+
+impl PolicyFeed {
+    /// An empty feed and the writer [`follow_policies`] fills it with.
+    pub fn new() -> (
+        Self,
+        reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
+    ) {
+        let (store, writer) = reflector::store();
+        let feed = Self {
+            store,
+            subscriber: Arc::default(),
+        };
+        (feed, writer)
+    }
+
+    fn subscriber(&self) -> std::sync::MutexGuard<'_, Option<PolicyTrigger>> {
+        self.subscriber.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on, every changed policy is sent to the returned stream; it starts with every
+    /// policy the store holds (call once the store is ready).
+    fn subscribe(
+        &self,
+    ) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<CoherencePolicy>>> + Send + use<>
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
+        *self.subscriber() = Some(tx);
+        let now: Vec<_> = self
+            .store
+            .state()
+            .iter()
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect();
+        futures::stream::iter(now).chain(trigger_stream(rx))
+    }
+}
+
+/// Keeps the store of `feed` equal to the cluster's CoherencePolicies until `stop`, and
+/// passes each change on to the policy controller once it has subscribed.
 async fn follow_policies(
     client: kube::Client,
-    shared: webhook::SharedPolicies,
+    writer: reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
+    feed: PolicyFeed,
     mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<DeserializeGuard<CoherencePolicy>> = Api::all(client);
-    let events = watcher(api, watcher::Config::default());
+    // Backs off (0.8 s doubling to 30 s) while the API server cannot be reached, instead of
+    // retrying at once in a loop.
+    let events = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
     tokio::pin!(events);
-    let mut fresh: Vec<CoherencePolicy> = Vec::new();
     loop {
         let next = tokio::select! {
             e = events.next() => e,
@@ -290,22 +369,16 @@ async fn follow_policies(
         match next {
             None => return,
             Some(Err(e)) => tracing::warn!(error = %e, "policy watch; retrying"),
-            Some(Ok(watcher::Event::Init)) => fresh.clear(),
-            Some(Ok(watcher::Event::InitApply(g))) => {
-                if let Ok(p) = g.0 {
-                    fresh.push(p);
+            Some(Ok(g)) => {
+                if let Err(invalid) = &g.0 {
+                    tracing::warn!(error = %invalid.error, "a CoherencePolicy that cannot be read is not used for injection");
                 }
-            }
-            Some(Ok(watcher::Event::InitDone)) => shared.replace_all(std::mem::take(&mut fresh)),
-            Some(Ok(watcher::Event::Apply(g))) => match g.0 {
-                Ok(p) => shared.upsert(p),
-                Err(invalid) => {
-                    tracing::warn!(error = %invalid.error, "a CoherencePolicy that cannot be read is not used for injection")
-                }
-            },
-            Some(Ok(watcher::Event::Delete(g))) => {
-                if let (Some(ns), name) = (g.namespace(), g.name_any()) {
-                    shared.remove(&ns, &name);
+                let tx = feed.subscriber().clone();
+                if let Some(tx) = tx
+                    && tx.send(ObjectRef::from_obj(&g)).await.is_err()
+                {
+                    // The controller stopped (the lease was lost or the process is ending).
+                    *feed.subscriber() = None;
                 }
             }
         }
@@ -317,6 +390,7 @@ async fn lead(
     client: kube::Client,
     verifier: HttpVerifier,
     metrics: Arc<Metrics>,
+    policies: PolicyFeed,
     args: &RunArgs,
     identity: String,
 ) -> ExitCode {
@@ -356,9 +430,14 @@ async fn lead(
     let mut ctx = Context::new(client.clone(), Arc::new(verifier), metrics, Some(identity));
     ctx.resync = args.resync;
     ctx.prometheus_rules = prometheus_rules_served(&crds).await;
-    let ctx = Arc::new(ctx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let controllers = run_controllers(client, ctx, shutdown_rx);
+    let controllers = run_controllers(
+        client,
+        ctx,
+        policies,
+        args.reconcile_concurrency,
+        shutdown_rx,
+    );
     tokio::pin!(controllers);
 
     tokio::select! {
@@ -467,26 +546,104 @@ fn gate_error(obj: Arc<DeserializeGuard<FinOpsGate>>, e: &Error, ctx: Arc<Contex
     ctx.retry(gate::CONTROLLER, &controller::object_key(obj.as_ref()), e)
 }
 
-/// Reconciles one controller runs at once. Unbounded, a resync of thousands of objects opens
-/// a connection to the API server per reconcile in flight, each with its buffers: at 2,000
+/// Default of `--reconcile-concurrency`. Unbounded, a resync of thousands of objects opens a
+/// connection to the API server per reconcile in flight, each with its buffers: at 2,000
 /// policies that was about 800 MB of resident memory.
-const RECONCILE_CONCURRENCY: u16 = 16;
+pub const DEFAULT_RECONCILE_CONCURRENCY: u16 = 16;
 
-fn controller_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
+fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(concurrency)
 }
 
-async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::Receiver<bool>) {
+/// Triggers waiting for a controller to take them; a full buffer holds the watch back.
+const TRIGGER_BUFFER: usize = 1024;
+
+/// The receiving end of a trigger channel, as the stream `Controller::reconcile_on` takes.
+fn trigger_stream<K: kube::Resource + 'static>(
+    rx: tokio::sync::mpsc::Receiver<ObjectRef<K>>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K::DynamicType: Send,
+{
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+}
+
+/// Pod metadata as the cache keeps it: labels and the injection annotation are all the
+/// count reads; managed fields and other annotations would only take memory.
+fn slim_pod(p: &mut PartialObjectMeta<Pod>) {
+    p.metadata.managed_fields = None;
+    if let Some(a) = p.metadata.annotations.as_mut() {
+        a.retain(|k, _| k == crate::inject::INJECTED_ANNOTATION);
+    }
+}
+
+/// A Deployment as the cache keeps it: without managed fields and `kubectl`'s copy of the
+/// last applied manifest.
+fn slim_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    if let Some(a) = d.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// The gates of `d`'s namespace whose target is `d`.
+fn gates_targeting(
+    store: &Store<DeserializeGuard<FinOpsGate>>,
+    d: &Deployment,
+) -> Vec<ObjectRef<DeserializeGuard<FinOpsGate>>> {
+    let (ns, name) = (d.namespace(), d.name_any());
+    store
+        .state()
+        .iter()
+        .filter(|g| g.namespace() == ns)
+        .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+/// The pod template labels of `d` (what a policy's selector is matched against).
+fn template_labels(d: &Deployment) -> std::collections::BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+/// Runs both controllers until `stop`, `concurrency` reconciles each at once. Pods (metadata)
+/// and Deployments are each watched once, into the reflector stores of
+/// [`controller::Caches`] that the reconcilers read instead of listing; every change of one
+/// triggers the policies (and, for a Deployment, the gates) that refer to it. Policies come
+/// from `feed` (its watch runs beside, in [`follow_policies`]).
+pub async fn run_controllers(
+    client: kube::Client,
+    mut ctx: Context,
+    feed: PolicyFeed,
+    concurrency: u16,
+    stop: watch::Receiver<bool>,
+) {
+    let (pod_store, pod_writer) = reflector::store();
+    let (deploy_store, deploy_writer) = reflector::store();
+    ctx.caches = Some(controller::Caches {
+        pods: pod_store,
+        deployments: deploy_store,
+    });
+    let caches = ctx.caches.clone();
+    let ctx = Arc::new(ctx);
+    let (policy_tx, policy_rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
+    let (gate_tx, gate_rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
+
     let managed =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=coherence-operator");
-    let policies = Controller::new(
-        Api::<DeserializeGuard<CoherencePolicy>>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(controller_config());
-    let store = policies.store();
-    let pod_store = store.clone();
-    let deploy_store = store;
+    // The feed's stream of changed policies, handed over once the stores are ready.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let policy_changes = futures::stream::once(ready_rx)
+        .filter_map(|r| async move { r.ok() })
+        .flatten();
+    let policy_store = feed.store.clone();
+    // The policy store is filled by the webhook's watch: no second watch of the policies.
+    let policies = Controller::for_stream(futures::stream::pending(), policy_store.clone())
+        .with_config(controller_config(concurrency));
     let policies = policies
         .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
         .owns(
@@ -509,26 +666,12 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
         policies
     };
     let policies = policies
-        // Pods come and go (injected or not): re-count for the policies selecting them.
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            move |pod| policies_selecting(&pod_store, pod.namespace().as_deref(), pod.labels()),
-        )
-        // A Deployment appears, changes its template, or is paused by someone else.
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |d| {
-                let labels = d
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.metadata.as_ref())
-                    .and_then(|m| m.labels.clone())
-                    .unwrap_or_default();
-                policies_selecting(&deploy_store, d.namespace().as_deref(), &labels)
-            },
-        )
+        // Pods come and go (injected or not), Deployments appear, change their template or
+        // are paused by someone else: the caches' watches say which policies to reconcile.
+        .reconcile_on(futures::stream::select(
+            policy_changes,
+            trigger_stream(policy_rx),
+        ))
         .graceful_shutdown_on(until(stop.clone()))
         .run(reconcile_policy, policy_error, ctx.clone())
         .for_each(|r| async move {
@@ -541,7 +684,7 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
         Api::<DeserializeGuard<FinOpsGate>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(controller_config());
+    .with_config(controller_config(concurrency));
     let gate_store = gates.store();
     let gates = if ctx.prometheus_rules {
         gates.owns_with(
@@ -553,20 +696,7 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
         gates
     };
     let gates = gates
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |d| {
-                let (ns, name) = (d.namespace(), d.name_any());
-                gate_store
-                    .state()
-                    .iter()
-                    .filter(|g| g.namespace() == ns)
-                    .filter(|g| g.0.as_ref().is_ok_and(|g| g.spec.target_ref.name == name))
-                    .map(|g| ObjectRef::from_obj(g.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .reconcile_on(trigger_stream(gate_rx))
         .graceful_shutdown_on(until(stop))
         .run(reconcile_gate, gate_error, ctx)
         .for_each(|r| async move {
@@ -574,7 +704,106 @@ async fn run_controllers(client: kube::Client, ctx: Arc<Context>, stop: watch::R
                 tracing::debug!(error = %e, "gate controller");
             }
         });
-    futures::future::join(policies, gates).await;
+
+    // Set when the controllers start; until then a trigger would wait for a reader that has
+    // not started, and hold back the first list the controllers wait for.
+    let started = Arc::new(AtomicBool::new(false));
+    let pods = {
+        let started = started.clone();
+        let policy_store = policy_store.clone();
+        let policy_tx = policy_tx.clone();
+        let client = client.clone();
+        async move {
+            // `PartialObjectMeta<Pod>`: metadata-only lists and watches.
+            let events = watcher(
+                Api::<PartialObjectMeta<Pod>>::all(client),
+                watcher::Config::default().any_semantic(),
+            )
+            .default_backoff()
+            .modify(slim_pod)
+            .reflect(pod_writer)
+            .touched_objects();
+            tokio::pin!(events);
+            while let Some(e) = events.next().await {
+                match e {
+                    // Before the controllers start, nothing to trigger: they begin with every
+                    // policy, once the caches hold their first list.
+                    Ok(_) if !started.load(Ordering::Acquire) => {}
+                    Ok(pod) => {
+                        let refs = policies_selecting(
+                            &policy_store,
+                            pod.namespace().as_deref(),
+                            pod.labels(),
+                        );
+                        for r in refs {
+                            if policy_tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pod watch; retrying"),
+                }
+            }
+        }
+    };
+    let deployments = {
+        let started = started.clone();
+        async move {
+            let events = watcher(
+                Api::<Deployment>::all(client),
+                watcher::Config::default().any_semantic(),
+            )
+            .default_backoff()
+            .modify(slim_deployment)
+            .reflect(deploy_writer)
+            .touched_objects();
+            tokio::pin!(events);
+            while let Some(e) = events.next().await {
+                match e {
+                    Ok(_) if !started.load(Ordering::Acquire) => {}
+                    Ok(d) => {
+                        let labels = template_labels(&d);
+                        for r in
+                            policies_selecting(&policy_store, d.namespace().as_deref(), &labels)
+                        {
+                            if policy_tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                        for r in gates_targeting(&gate_store, &d) {
+                            if gate_tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "deployment watch; retrying"),
+                }
+            }
+        }
+    };
+    // The controllers start once both caches hold their first list: a reconcile never waits
+    // for them. (Many reconciles waiting on a store's readiness at once would not all be
+    // woken: the store wakes one waiter.)
+    let controllers = async move {
+        if let Some(c) = caches
+            && let Err(e) = c.ready().await
+        {
+            tracing::error!(error = %e, "controllers not started");
+            return;
+        }
+        if feed.store.wait_until_ready().await.is_err() {
+            tracing::error!("controllers not started: the policy watch stopped");
+            return;
+        }
+        // Every policy now in the store, then every change.
+        started.store(true, Ordering::Release);
+        let _ = ready_tx.send(feed.subscribe());
+        futures::future::join(policies, gates).await;
+    };
+    let watches = futures::future::join(pods, deployments);
+    tokio::pin!(controllers, watches);
+    // The watches run as long as the controllers; they end only if both controllers stop.
+    futures::future::select(controllers, watches).await;
 }
 
 /// The admin router: `/metrics` (Prometheus text) and `/healthz`.
@@ -660,6 +889,152 @@ mod tests {
             "coherence_finops_grade{namespace=\"demo\",gate=\"web\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    /// Every policy of a 2,000-policy population reaches its reconciled status through
+    /// `run_controllers`, the reconcilers reading pods and Deployments from the caches: each
+    /// kind is listed through the API by its one watch, not once per reconcile.
+    #[cfg(feature = "fake")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_policies_converge_through_the_caches() {
+        use crate::controller::verifier::StaticVerifier;
+        use crate::fake::{FakeApi, Population};
+        let fake = FakeApi::new();
+        let names = fake.seed(Population::default());
+        assert_eq!(names.len(), 2000);
+        let ctx = Context::new(
+            fake.client(),
+            Arc::new(StaticVerifier::new()),
+            Arc::new(Metrics::default()),
+            None,
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (feed, writer) = PolicyFeed::new();
+        let follow = tokio::spawn(follow_policies(
+            fake.client(),
+            writer,
+            feed.clone(),
+            stop_rx.clone(),
+        ));
+        let controllers = tokio::spawn(run_controllers(
+            fake.client(),
+            ctx,
+            feed,
+            DEFAULT_RECONCILE_CONCURRENCY,
+            stop_rx,
+        ));
+        // Reconciled: status written for this generation, pods counted from the pod cache.
+        let reconciled = |p: &serde_json::Value| {
+            p["status"]["observedGeneration"] == p["metadata"]["generation"]
+                && p["status"]["matchedPods"] == 2
+                && p["status"]["injectedPods"] == 1
+        };
+        let policy = |ns: &str, name: &str| {
+            fake.get("coherence.dev/v1alpha1", "coherencepolicies", ns, name)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let pending: Vec<_> = names
+                .iter()
+                .filter(|(ns, name)| !policy(ns, name).is_some_and(|p| reconciled(&p)))
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {} policies not reconciled, e.g. {:?}",
+                pending.len(),
+                names.len(),
+                policy(&pending[0].0, &pending[0].1)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // One list per watch (the fake does not page), a relist at most: never per reconcile.
+        // The policies are watched once, for the webhook and the controller; a policy is read
+        // again only before its finalizer is added (by the first trigger, and by a trigger
+        // holding a copy from before).
+        let reads = fake.reads_of("coherencepolicies");
+        assert!(
+            (1..=2 * names.len() as u64).contains(&reads),
+            "policies read {reads} times through the API"
+        );
+        for plural in ["pods", "deployments"] {
+            let reads = fake.reads_of(plural);
+            assert!(
+                (1..=2).contains(&reads),
+                "{plural} read {reads} times through the API"
+            );
+        }
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), controllers)
+            .await
+            .expect("the controllers stop on shutdown")
+            .unwrap();
+        follow.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_policy_watch_backs_off_while_the_api_server_is_gone() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let gone = tower::service_fn(move |_: http::Request<kube::client::Body>| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async {
+                Err::<http::Response<http_body_util::Full<bytes::Bytes>>, _>(std::io::Error::other(
+                    "connection refused",
+                ))
+            }
+        });
+        let client = kube::Client::new(gone, "default");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (feed, writer) = PolicyFeed::new();
+        let follow = tokio::spawn(follow_policies(client, writer, feed, stop_rx));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), follow)
+            .await
+            .expect("the watch stops on shutdown")
+            .unwrap();
+        // Without a backoff the watch retries at once, thousands of times in 2 s.
+        let n = calls.load(Ordering::Relaxed);
+        assert!((1..=6).contains(&n), "{n} requests in 2 s");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn runtime_threads_and_concurrency_are_flags_with_small_defaults() {
+        use clap::Parser as _;
+        let f = Flags::try_parse_from(["run"]).unwrap();
+        assert_eq!(
+            (f.run.worker_threads, f.run.reconcile_concurrency),
+            (1, DEFAULT_RECONCILE_CONCURRENCY)
+        );
+        let f = Flags::try_parse_from([
+            "run",
+            "--worker-threads",
+            "2",
+            "--reconcile-concurrency",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!((f.run.worker_threads, f.run.reconcile_concurrency), (2, 4));
+        for (flag, value) in [
+            ("--worker-threads", "0"),
+            ("--reconcile-concurrency", "0"),
+            ("--worker-threads", "many"),
+        ] {
+            let e = Flags::try_parse_from(["run", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag), "{e}");
         }
     }
 

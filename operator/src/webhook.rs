@@ -6,8 +6,9 @@
 //!   without a patch when the pod is skipped. A pod the webhook cannot inject (an invalid
 //!   policy, a reserved volume name) is admitted unchanged with a warning: injection never
 //!   blocks a workload. A body that is not an AdmissionReview of a Pod is a 400 with the reason.
-//! - [`PolicySource`]: where the policies come from. The CoherencePolicy reconciler keeps a
-//!   [`SharedPolicies`] up to date; tests and the CLI use a fixed list.
+//! - [`PolicySource`]: where the policies come from. `run` reads the watched policy store
+//!   ([`StorePolicies`]) that the CoherencePolicy controller also reads; tests and the CLI use
+//!   a fixed list ([`SharedPolicies`]).
 //! - [`serve`]: the router over TLS (rustls with the `ring` provider, no client
 //!   authentication: the API server calls it), from a cert-manager Secret mount
 //!   ([`ReloadingCert`], which follows renewals) or a certificate generated at start
@@ -35,6 +36,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
+use kube::core::DeserializeGuard;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use rustls::ServerConfig;
@@ -114,6 +116,22 @@ impl PolicySource for SharedPolicies {
             .iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
             .cloned()
+            .collect()
+    }
+}
+
+/// The watched CoherencePolicy store as a [`PolicySource`]: `run` keeps one reflector of the
+/// policies for both the webhook and the policy controller. A policy that cannot be read is
+/// not used for injection.
+#[derive(Clone)]
+pub struct StorePolicies(pub kube::runtime::reflector::Store<DeserializeGuard<CoherencePolicy>>);
+
+impl PolicySource for StorePolicies {
+    fn policies_in(&self, namespace: &str) -> Vec<CoherencePolicy> {
+        self.0
+            .state_filter(|g| kube::Resource::meta(g).namespace.as_deref() == Some(namespace))
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok().cloned())
             .collect()
     }
 }

@@ -349,6 +349,11 @@ fn env_volumes_and_security_context() {
         ["ALL"]
     );
     assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    // The port of `api.metricsListen`, by the name the NetworkPolicy and the PodMonitor use.
+    assert_eq!(
+        serde_json::to_value(c.ports.as_ref().unwrap()).unwrap(),
+        json!([{"name": "coh-metrics", "containerPort": 9104, "protocol": "TCP"}])
+    );
     let r = serde_json::to_value(c.resources.as_ref().unwrap()).unwrap();
     assert_eq!(
         r,

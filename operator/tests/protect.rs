@@ -102,7 +102,12 @@ fn hpa_pdb_and_network_policy_as_asked() {
         json!({
             "podSelector": {"matchLabels": {"app": "web", "tier": "front"}},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "edge"}}}]}],
+            "ingress": [
+                {"from": [{"namespaceSelector": {"matchLabels": {"team": "edge"}}}]},
+                {"from": [{"namespaceSelector": {},
+                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+                 "ports": [{"protocol": "TCP", "port": "coh-metrics"}]}
+            ],
             "egress": [
                 {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "coherence"}}}],
                  "ports": [{"protocol": "TCP", "port": 8443}]},
@@ -154,6 +159,45 @@ fn nothing_is_built_that_the_spec_does_not_ask_for() {
     );
     let np = serde_json::to_value(out.network_policy.unwrap()).unwrap();
     assert_eq!(np["spec"]["policyTypes"], json!(["Egress"]));
+}
+
+#[test]
+fn metrics_from_opens_the_sidecar_metrics_port_when_ingress_is_isolated() {
+    let ingress = |network_policy: Value| {
+        let p = policy(
+            json!({ "networkPolicy": network_policy }),
+            "https://v.coherence.svc:8443",
+        );
+        let np = protect::protection(&p, &target())
+            .unwrap()
+            .network_policy
+            .unwrap();
+        serde_json::to_value(np).unwrap()["spec"]["ingress"].clone()
+    };
+    let edge = json!([{"namespaceSelector": {"matchLabels": {"team": "edge"}}}]);
+    // Listed peers: those may scrape, on the named port only.
+    let monitoring = json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]);
+    assert_eq!(
+        ingress(json!({"ingressFrom": edge, "metricsFrom": monitoring})),
+        json!([
+            {"from": edge},
+            {"from": monitoring, "ports": [{"protocol": "TCP", "port": "coh-metrics"}]}
+        ])
+    );
+    // The default is the Prometheus Operator's Prometheus pods in any namespace.
+    let default = ingress(json!({"ingressFrom": edge}));
+    assert_eq!(
+        default[1]["from"],
+        json!([{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}])
+    );
+    assert_eq!(default[1]["ports"][0]["port"], "coh-metrics");
+    // `[]`: no metrics rule.
+    assert_eq!(
+        ingress(json!({"ingressFrom": edge, "metricsFrom": []})),
+        json!([{"from": edge}])
+    );
+    // Ingress not isolated: no ingress rule at all (scrapes are not blocked).
+    assert_eq!(ingress(json!({"metricsFrom": monitoring})), Value::Null);
 }
 
 #[test]

@@ -148,6 +148,12 @@ fn every_field_of_the_policy_reaches_the_sidecar() {
         Some("/var/run/coherence/tls/tls.key")
     );
     assert_eq!(c.outbox.dir.to_str(), Some("/var/run/coherence/outbox"));
+    // `/metrics` and `/healthz` on the pod's address too, for Prometheus; the rest stays local.
+    assert_eq!(
+        c.api.metrics_listen,
+        Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9104)))
+    );
+    assert_eq!(c.api.listen.to_string(), "127.0.0.1:9103");
     let f = c.finops.as_ref().unwrap();
     assert_eq!(
         (f.qps_signal.as_str(), f.latency_signal.as_str()),

@@ -1,6 +1,8 @@
 //! The local API on `127.0.0.1:9103` (design §6): `/healthz`, `/metrics`, `/status`,
 //! `GET /coherence/metrics?window=1h&signal=NAME` and `GET /coherence/predict?window=1h`, the
-//! last two in the original engine's JSON shape with their inputs and method.
+//! last two in the original engine's JSON shape with their inputs and method. With
+//! `api.metricsListen`, [`metrics_router`] serves `/metrics` and `/healthz` only on that
+//! address as well, for Prometheus.
 
 use crate::state::Shared;
 use axum::Router;
@@ -25,6 +27,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/status", get(status))
         .route("/coherence/metrics", get(coherence_metrics))
         .route("/coherence/predict", get(coherence_predict))
+        .with_state(shared)
+}
+
+/// The router of `api.metricsListen`: `/metrics` and `/healthz`, nothing else.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 

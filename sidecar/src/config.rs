@@ -438,6 +438,10 @@ pub struct ApiSettings {
     /// Listen address (default `127.0.0.1:9103`).
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// A second address serving `/metrics` and `/healthz` only (plain HTTP), e.g.
+    /// `0.0.0.0:9104` for Prometheus; none by default.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -448,6 +452,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             listen: default_api_listen(),
+            metrics_listen: None,
         }
     }
 }
@@ -700,6 +705,21 @@ impl Config {
                 ));
             }
         }
+        if let Some(m) = self.api.metrics_listen {
+            if m.port() == self.api.listen.port()
+                && (m.ip() == self.api.listen.ip()
+                    || m.ip().is_unspecified()
+                    || self.api.listen.ip().is_unspecified())
+            {
+                return Err(ConfigError::new(
+                    "api.metricsListen",
+                    format!(
+                        "expected another address than api.listen ({}), got {m}",
+                        self.api.listen
+                    ),
+                ));
+            }
+        }
         if self.sources.is_empty() {
             return Err(ConfigError::new("sources", "expected at least one source"));
         }
@@ -880,6 +900,24 @@ mod tests {
             parse("").unwrap().drift.default,
             DriftThresholds::volatility_only()
         );
+    }
+
+    #[test]
+    fn the_metrics_address_is_optional_and_must_be_another_address() {
+        assert_eq!(parse("").unwrap().api.metrics_listen, None);
+        let c = parse("api: {metricsListen: 0.0.0.0:9104}").unwrap();
+        assert_eq!(
+            c.api.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9104)))
+        );
+        let e = parse("api: {metricsListen: everywhere}").unwrap_err();
+        assert_eq!(e.field, "api.metricsListen", "{e}");
+        let mut c = c;
+        c.sources.clear();
+        c.api.metrics_listen = Some(SocketAddr::from(([0, 0, 0, 0], 9103)));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "api.metricsListen", "{e}");
+        assert!(e.message.contains("127.0.0.1:9103"), "{e}");
     }
 
     #[test]

@@ -209,9 +209,31 @@ pub async fn run(
             }
         }
     });
+    let metrics_task = match cfg.api.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| RunError::Io(format!("api.metricsListen {addr}: {e}")))?;
+            let mut stop_rx = api_stop.subscribe();
+            let router = api::metrics_router(shared.clone());
+            Some(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(
         shard_id = %cfg.identity.shard_id(),
         api = %cfg.api.listen,
+        metrics = ?cfg.api.metrics_listen,
         endpoint = %cfg.verifier.endpoint,
         pending = outbox.stats().pending,
         "sidecar started"
@@ -305,6 +327,9 @@ pub async fn run(
     sender.stop().await;
     let _ = api_stop.send(true);
     let _ = api_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     tracing::info!(pending = outbox.stats().pending, "sidecar stopped");
     Ok(())
 }
@@ -325,6 +350,12 @@ fn reload_config(
     if next.api.listen != current.api.listen {
         return Err(ConfigError::new(
             "api.listen",
+            "changes only with a restart",
+        ));
+    }
+    if next.api.metrics_listen != current.api.metrics_listen {
+        return Err(ConfigError::new(
+            "api.metricsListen",
             "changes only with a restart",
         ));
     }

@@ -576,3 +576,62 @@ async fn a_latency_spike_is_found_reported_and_shown_as_an_incident() {
         "{findings:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_address_serves_metrics_and_health_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    certgen::generate(&certs, &[], 30).unwrap();
+    // No verifier is needed for the local API: its ports are known, nothing listens.
+    let mut v = Verifier::start(&certs, &dir.path().join("wal"));
+    v.ready().await;
+    v.kill();
+    let app = dir.path().join("app.jsonl");
+    let _feeder = Feeder::start(
+        &app,
+        Duration::from_millis(100),
+        |i| json!({"lat": 20 + i % 7}),
+    );
+    let (api, metrics_port) = (free_port(), free_port());
+    let cfg = config(
+        dir.path(),
+        &v,
+        api,
+        &format!(
+            "  - {{name: app, type: jsonl, path: {}, interval: 200ms}}",
+            app.display()
+        ),
+        &format!(
+            "windows: [10s]\napi:\n  listen: 127.0.0.1:{api}\n  metricsListen: 127.0.0.1:{metrics_port}"
+        ),
+        64 << 20,
+    );
+    // `config` writes `api.listen` itself; the second `api` key replaces it with both.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let first = format!("api:\n  listen: 127.0.0.1:{api}\n");
+    let text = text.replacen(&first, "", 1);
+    std::fs::write(&cfg, text).unwrap();
+    let mut s = Sidecar::start(&cfg, api, &dir.path().join("sidecar.log"));
+    wait_status(&mut s, "the sidecar is up", LIMIT, |st| st.is_object()).await;
+
+    let m =
+        coherence_verifier::client::Client::new(&format!("http://127.0.0.1:{metrics_port}"), None)
+            .unwrap();
+    let health = m.get("/healthz").await.unwrap();
+    assert_eq!((health.status, health.text().trim()), (200, "ok"));
+    let metrics = m.get("/metrics").await.unwrap();
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    assert!(text.contains("coherence_sidecar_"), "{text}");
+    for path in [
+        "/status",
+        "/coherence/metrics?window=10s",
+        "/coherence/predict?window=10s",
+    ] {
+        let r = m.get(path).await.unwrap();
+        assert_eq!(r.status, 404, "{path} on the metrics address");
+        let (code, _) = s.get(path).await;
+        assert_ne!(code, 404, "{path} on api.listen");
+    }
+    assert!(s.terminate().success());
+}

@@ -54,6 +54,9 @@ pub async fn reconcile(gate: Arc<FinOpsGate>, ctx: Arc<Context>) -> Result<Actio
     let key = object_key(gate.as_ref());
     let (ns, _) = owner::namespaced_name(gate.as_ref())?;
     let api: Api<FinOpsGate> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(gate) = super::with_finalizer(&api, gate).await? else {
+        return Ok(Action::await_change());
+    };
     let out = finalizer(&api, FINALIZER, gate, |event| async {
         match event {
             Finalizer::Apply(g) => apply_gate(&g, &ctx).await,

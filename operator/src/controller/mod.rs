@@ -349,6 +349,68 @@ pub fn controlled_by<K: Resource>(obj: &K, uid: &str) -> bool {
         .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
+/// `obj` carrying [`FINALIZER`], as the API server holds it, so `kube`'s `finalizer` goes
+/// straight to `Apply` in this same pass; `None` when the object is gone.
+///
+/// A trigger may hand over a copy from before an earlier pass added the finalizer (the
+/// watch that delivers the change has not caught up): such a copy is read again instead of
+/// being patched, since the patch's `test` of the finalizer list would be refused with 422.
+/// A deleting object is returned as it is (the cleanup does not need the finalizer added).
+pub async fn with_finalizer<K>(api: &Api<K>, obj: Arc<K>) -> Result<Option<Arc<K>>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let ready = |o: &K| {
+        o.meta().deletion_timestamp.is_some() || o.finalizers().iter().any(|f| f == FINALIZER)
+    };
+    if ready(&obj) {
+        return Ok(Some(obj));
+    }
+    let name = obj.name_any();
+    let Some(fresh) = api.get_opt(&name).await? else {
+        return Ok(None);
+    };
+    if ready(&fresh) {
+        return Ok(Some(Arc::new(fresh)));
+    }
+    let finalizers = fresh.finalizers();
+    let op = |v: Value| serde_json::from_value::<json_patch::PatchOperation>(v);
+    let ops = if finalizers.is_empty() {
+        [
+            op(serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": null})),
+            op(
+                serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}),
+            ),
+        ]
+    } else {
+        // Kubernetes keeps duplicate finalizers: the `test` fails (and the pass is retried)
+        // if someone else changed the list in between.
+        [
+            op(
+                serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": finalizers}),
+            ),
+            op(
+                serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}),
+            ),
+        ]
+    };
+    let ops = ops
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| crate::Error::Serialize(e.to_string()))?;
+    let patched = api
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(json_patch::Patch(ops)),
+        )
+        .await
+        .map_err(|e| {
+            Error::Finalizer(Box::new(kube::runtime::finalizer::Error::AddFinalizer(e)))
+        })?;
+    Ok(Some(Arc::new(patched)))
+}
+
 /// Ignores a 404 (the object is already gone).
 pub fn ignore_not_found<T>(r: Result<T, kube::Error>) -> Result<Option<T>, Error> {
     match r {

@@ -62,6 +62,9 @@ pub async fn reconcile(policy: Arc<CoherencePolicy>, ctx: Arc<Context>) -> Resul
     let key = object_key(policy.as_ref());
     let (ns, _) = owner::namespaced_name(policy.as_ref())?;
     let api: Api<CoherencePolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(policy) = super::with_finalizer(&api, policy).await? else {
+        return Ok(Action::await_change());
+    };
     let out = finalizer(&api, FINALIZER, policy, |event| async {
         match event {
             Finalizer::Apply(p) => apply_policy(&p, &ctx).await,

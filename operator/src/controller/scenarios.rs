@@ -153,7 +153,8 @@ impl World {
         policy::reconcile(Arc::new(p), self.ctx.clone()).await
     }
 
-    /// First reconcile adds the finalizer; the second does the work.
+    /// Two passes: the first adds the finalizer and does the work, the second finds the
+    /// cluster as the first left it.
     async fn settle_policy(&self) {
         self.reconcile_policy().await.unwrap();
         self.reconcile_policy().await.unwrap();
@@ -240,7 +241,8 @@ async fn creation_writes_owned_objects_and_status_without_verifier_data() {
         p["metadata"]["finalizers"],
         json!(["coherence.dev/cleanup"])
     );
-    assert!(w.obj("v1", "configmaps", "coherence-sidecar-web").is_none());
+    // The same pass goes on to the work: no second trigger is needed.
+    assert!(w.obj("v1", "configmaps", "coherence-sidecar-web").is_some());
 
     w.reconcile_policy().await.unwrap();
     let policy: CoherencePolicy = serde_json::from_value(p).unwrap();
@@ -313,6 +315,37 @@ async fn creation_writes_owned_objects_and_status_without_verifier_data() {
         w.writes_to("events").len(),
         1,
         "one Event for the new conditions"
+    );
+}
+
+#[tokio::test]
+async fn a_trigger_with_a_copy_from_before_the_finalizer_is_not_refused() {
+    let w = World::new();
+    let stale = w.policies().get("web").await.unwrap();
+    assert!(kube::ResourceExt::finalizers(&stale).is_empty());
+    w.reconcile_policy().await.unwrap();
+    w.fake.clear_writes();
+    // A trigger that still holds the copy from before the first pass added the finalizer.
+    policy::reconcile(Arc::new(stale), w.ctx.clone())
+        .await
+        .unwrap();
+    let refused: Vec<Write> = w
+        .fake
+        .writes()
+        .into_iter()
+        .filter(|x| x.status >= 400)
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    let p = w
+        .obj("coherence.dev/v1alpha1", "coherencepolicies", "web")
+        .unwrap();
+    assert_eq!(
+        p["metadata"]["finalizers"],
+        json!(["coherence.dev/cleanup"])
+    );
+    assert_eq!(
+        p["status"]["observedGeneration"],
+        p["metadata"]["generation"]
     );
 }
 
