@@ -95,7 +95,9 @@ for alg in ("hmac", "ed25519"):
                      "p50_ms": mx["latency_ms"]["p50"], "p95_ms": mx["latency_ms"]["p95"],
                      "status": mx["status"], "not_sent": mx["not_sent"]},
         "fraction_of_ceiling": round(mx["achieved_rate"] / bound, 3),
-        "target_10k_met": lg["achieved_rate"] >= 10000, "target_p95_2ms_met": lg["latency_ms"]["p95"] <= 2.0,
+        # Throughput: what it answers when asked for more than it can; latency: at RATE.
+        "target_10k_met": mx["achieved_rate"] >= 10000, "target_p95_2ms_met": lg["latency_ms"]["p95"] <= 2.0,
+        "target_half_ceiling_met": mx["achieved_rate"] >= 0.5 * bound,
     }
 json.dump(summary, open(f"{out}/verifier-summary.json", "w"), indent=2)
 print(json.dumps(summary, indent=2))
