@@ -2000,3 +2000,65 @@ fn the_dockerfiles_build_workspace_binaries_into_non_root_images() {
         );
     }
 }
+
+// The PodMonitor of the injected sidecars (`monitoring.podMonitor`): off by default; when on, it
+// scrapes the port the operator gives the sidecar container (`coh-metrics`) in every namespace.
+
+fn pod_monitors(objects: &[Value]) -> Vec<&Value> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "PodMonitor")
+        .collect()
+}
+
+#[test]
+fn there_is_no_pod_monitor_by_default() {
+    let objects = template(&[]).unwrap();
+    assert!(objects.iter().any(|o| o["kind"] == "Deployment"));
+    assert!(pod_monitors(&objects).is_empty());
+}
+
+#[test]
+fn the_pod_monitor_scrapes_the_sidecar_metrics_port_in_every_namespace() {
+    let objects = template(&[
+        "monitoring.podMonitor.enabled=true",
+        "monitoring.podMonitor.interval=15s",
+        "monitoring.podMonitor.labels.release=kube-prometheus-stack",
+    ])
+    .unwrap();
+    let found = pod_monitors(&objects);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let m = found[0];
+    assert_eq!(m["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(m["metadata"]["name"], "coherence-sidecars");
+    assert_eq!(m["metadata"]["namespace"], "coherence");
+    assert_eq!(
+        m["metadata"]["labels"]["release"], "kube-prometheus-stack",
+        "{m}"
+    );
+    assert_eq!(
+        m["spec"],
+        serde_json::json!({
+            "selector": {},
+            "namespaceSelector": {"any": true},
+            "podMetricsEndpoints": [{"port": "coh-metrics", "path": "/metrics", "interval": "15s"}]
+        })
+    );
+    // The port the PodMonitor names is the one the webhook gives the sidecar container.
+    assert_eq!(
+        m["spec"]["podMetricsEndpoints"][0]["port"],
+        coherence_operator::render::METRICS_PORT_NAME
+    );
+}
+
+#[test]
+fn a_bad_pod_monitor_value_is_refused_naming_it() {
+    let e = template(&[
+        "monitoring.podMonitor.enabled=true",
+        "monitoring.podMonitor.interval=often",
+    ])
+    .unwrap_err();
+    assert!(e.contains("podMonitor") && e.contains("interval"), "{e}");
+    let e = template(&["monitoring.podMonitor.enable=true"]).unwrap_err();
+    assert!(e.contains("podMonitor") && e.contains("enable"), "{e}");
+}

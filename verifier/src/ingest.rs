@@ -879,7 +879,13 @@ impl Ingest {
     /// Ed25519 signature batches checked so far and the signatures in them (`None` when
     /// batching is off).
     pub fn signature_batches(&self) -> Option<(u64, u64)> {
-        self.sigs.as_ref().map(SigBatcher::summary)
+        self.sigs.as_ref().map(|b| {
+            let s = b.stats();
+            (
+                s.batches.load(Ordering::Relaxed),
+                s.signatures.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// The WAL.

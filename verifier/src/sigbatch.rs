@@ -46,15 +46,6 @@ pub struct SigBatcher {
 }
 
 impl SigBatcher {
-    /// Batches and signatures so far, for the log.
-    pub fn summary(&self) -> (u64, u64) {
-        let s = &self.shared.stats;
-        (
-            s.batches.load(Ordering::Relaxed),
-            s.signatures.load(Ordering::Relaxed),
-        )
-    }
-
     /// A batcher whose batches hold at most `max` signatures.
     pub fn new(keys: Verifier, max: usize) -> SigBatcher {
         SigBatcher {
