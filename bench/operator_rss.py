@@ -23,7 +23,10 @@ reconcile comes from the operator's own histogram
 `--profile` picks the cargo profile of the operator binary (`release`, or `operator`: the
 size-tuned profile of `Dockerfile.operator`); the fake API server and the verifier are always
 release builds. `--malloc-arena-max` sets glibc's `MALLOC_ARENA_MAX` for the operator;
-`--operator-arg` (repeatable) adds a flag to `coherence-operator run`.
+`--operator-arg` (repeatable) adds a flag to `coherence-operator run`. The operator runs with
+the ENV of `Dockerfile.operator` (glibc allocator settings), as in its image, unless
+`--no-image-env`. `--wrap 'heaptrack -o FILE'` runs it under a profiler. The output splits the
+resident set into the binary's pages, shared libraries, the heap and other anonymous memory.
 """
 
 import argparse
@@ -53,6 +56,49 @@ def proc_kib(pid, field):
             if line.startswith(field):
                 return int(line.split()[1])
     return 0
+
+
+def dockerfile_env():
+    """The ENV of Dockerfile.operator: the operator is measured as its image runs it."""
+    env = {}
+    with open(os.path.join(ROOT, "Dockerfile.operator")) as f:
+        for line in f:
+            if line.startswith("ENV "):
+                for pair in line.split()[1:]:
+                    k, _, v = pair.partition("=")
+                    if not v:
+                        raise SystemExit(f"Dockerfile.operator: expected ENV KEY=VALUE ..., found {line.strip()!r}")
+                    env[k] = v
+    return env
+
+
+def rss_parts(pid):
+    """The resident set split by kind: heap and other anonymous memory, the binary's own pages
+    (code and read-only data), shared libraries, and thread stacks."""
+    parts = {"RssAnon": proc_kib(pid, "RssAnon:"), "RssFile": proc_kib(pid, "RssFile:")}
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    binary = binary_dirty = libs = heap = stacks = 0
+    name = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                name = fields[5] if len(fields) > 5 else ""
+            elif fields and fields[0] == "Rss:":
+                kib = int(fields[1])
+                if name == exe:
+                    binary += kib
+                elif name.startswith("/"):
+                    libs += kib
+                elif name == "[heap]":
+                    heap += kib
+                elif name.startswith("[stack"):
+                    stacks += kib
+            elif fields and fields[0] == "Private_Dirty:" and name == exe:
+                binary_dirty += int(fields[1])
+    parts.update({"binary": binary, "binary written (relocations, statics)": binary_dirty, "libraries": libs, "[heap]": heap, "main stack": stacks,
+                  "other anonymous (mmap'd arenas, thread stacks)": parts["RssAnon"] - heap - stacks})
+    return parts
 
 
 def get_json(url):
@@ -111,6 +157,11 @@ def main():
     ap.add_argument("--resync", default="20s")
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--no-image-env", action="store_true",
+                    help="run the operator without the ENV of Dockerfile.operator (allocator settings)")
+    ap.add_argument("--wrap", default="",
+                    help="a command line the operator runs under, e.g. 'heaptrack -o /tmp/op' "
+                         "(the RSS figures are then the wrapper's)")
     a = ap.parse_args()
     for name in ("policies", "deployments_per_policy", "pods_per_deployment"):
         if getattr(a, name) < 0:
@@ -164,11 +215,13 @@ def main():
             )
         mport, wport = free_port(), free_port()
         env = dict(os.environ, KUBECONFIG=kubeconfig, RUST_LOG="warn")
+        image_env = {} if a.no_image_env else dockerfile_env()
+        env.update(image_env)
         if a.malloc_arena_max is not None:
             env["MALLOC_ARENA_MAX"] = str(a.malloc_arena_max)
         started = time.time()
         op = subprocess.Popen(
-            [op_bin, "run",
+            [*a.wrap.split(), op_bin, "run",
              "--verifier-endpoint", f"http://127.0.0.1:{vport}",
              "--metrics-listen", f"127.0.0.1:{mport}",
              "--webhook-listen", f"127.0.0.1:{wport}",
@@ -193,13 +246,16 @@ def main():
             samples.append(proc_kib(op.pid, "VmRSS:"))
             time.sleep(1)
         peak = proc_kib(op.pid, "VmHWM:")
+        parts = rss_parts(op.pid)
         sum1, count1 = reconcile_stats(f"http://127.0.0.1:{mport}/metrics")
         objects = len(get_json(f"{api}/api/v1/pods")["items"]) + len(
             get_json(f"{api}/apis/apps/v1/deployments")["items"]
         ) + total
         steady_n = count1 - count0
         print(f"policies: {total}; watched pods + Deployments + policies: {objects}")
-        print(f"operator: --profile {a.profile}; MALLOC_ARENA_MAX={a.malloc_arena_max or 'unset'}; "
+        print(f"operator: --profile {a.profile}; environment of the image: "
+              f"{' '.join(f'{k}={v}' for k, v in image_env.items()) or 'none'}; "
+              f"--malloc-arena-max: {a.malloc_arena_max or 'unset'}; "
               f"extra args: {' '.join(a.operator_arg) or 'none'}")
         print(f"converged (every policy's status observed) in {converge_s:.1f} s after start")
         print(f"reconciles: {int(count1)}; mean {1000 * sum1 / max(count1, 1):.2f} ms per reconcile overall")
@@ -209,6 +265,8 @@ def main():
             f"operator RSS over {len(samples)} s steady: median {sorted(samples)[len(samples) // 2] / 1024:.2f} MiB, "
             f"max {max(samples) / 1024:.2f} MiB; peak (VmHWM) {peak / 1024:.2f} MiB"
         )
+        print("where the resident set is (/proc/PID/status and smaps, KiB): "
+              + ", ".join(f"{k} {v}" for k, v in parts.items()))
         print(f"method: real `coherence-operator run` ({a.profile}) against the fake API server over HTTP in "
               "its own process; RSS from /proc/PID/status; per-reconcile time from the operator's histogram")
     finally:

@@ -358,6 +358,7 @@ async fn follow_policies(
     // retrying at once in a loop.
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(slim_policy)
         .reflect(writer)
         .touched_objects();
     tokio::pin!(events);
@@ -570,18 +571,67 @@ where
 
 /// Pod metadata as the cache keeps it: labels and the injection annotation are all the
 /// count reads; managed fields and other annotations would only take memory.
-fn slim_pod(p: &mut PartialObjectMeta<Pod>) {
+pub(crate) fn slim_pod(p: &mut PartialObjectMeta<Pod>) {
     p.metadata.managed_fields = None;
     if let Some(a) = p.metadata.annotations.as_mut() {
         a.retain(|k, _| k == crate::inject::INJECTED_ANNOTATION);
     }
 }
 
-/// A Deployment as the cache keeps it: without managed fields and `kubectl`'s copy of the
-/// last applied manifest.
-fn slim_deployment(d: &mut Deployment) {
+/// A Deployment as the cache keeps it: what the reconcilers read and nothing else. Metadata
+/// without managed fields and `kubectl`'s copy of the last applied manifest; the spec's
+/// selector, `paused` and replicas; the pod template's labels and, per container, its name,
+/// `restartPolicy` (native sidecars) and resource requests (the FinOps cost); no status.
+/// Everything else of a pod template (images, env, probes, volumes, …) is most of a
+/// Deployment's size and is read through the API when it is needed.
+pub(crate) fn slim_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
     if let Some(a) = d.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    d.status = None;
+    let Some(spec) = d.spec.as_mut() else {
+        return;
+    };
+    spec.template.metadata = spec.template.metadata.take().map(|m| {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            labels: m.labels,
+            ..Default::default()
+        }
+    });
+    if let Some(pod) = spec.template.spec.take() {
+        let keep =
+            |c: k8s_openapi::api::core::v1::Container| k8s_openapi::api::core::v1::Container {
+                name: c.name,
+                restart_policy: c.restart_policy,
+                resources: c
+                    .resources
+                    .map(|r| k8s_openapi::api::core::v1::ResourceRequirements {
+                        requests: r.requests,
+                        ..Default::default()
+                    }),
+                ..Default::default()
+            };
+        spec.template.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            containers: pod.containers.into_iter().map(keep).collect(),
+            init_containers: pod
+                .init_containers
+                .map(|cs| cs.into_iter().map(keep).collect()),
+            ..Default::default()
+        });
+    }
+}
+
+/// A CoherencePolicy as the store keeps it: without managed fields and `kubectl`'s copy of
+/// the last applied manifest (neither is read; together they are often larger than the spec).
+/// A policy that cannot be read keeps only its metadata, slimmed the same way.
+pub(crate) fn slim_policy(p: &mut DeserializeGuard<CoherencePolicy>) {
+    let meta = match p.0.as_mut() {
+        Ok(p) => &mut p.metadata,
+        Err(invalid) => &mut invalid.metadata,
+    };
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
@@ -851,7 +901,112 @@ async fn serve(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use serde_json::json;
     use tower::ServiceExt;
+
+    #[test]
+    fn the_cached_deployment_keeps_what_the_reconcilers_read_and_nothing_else() {
+        let mut d: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "web", "namespace": "demo", "uid": "u-1", "resourceVersion": "7",
+                "labels": {"app": "web"},
+                "annotations": {
+                    "coherence.dev/paused-by": "coherencepolicy/web",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"huge\": true}"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": {
+                "replicas": 3, "paused": true,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}, "annotations": {"a": "b"}},
+                    "spec": {
+                        "initContainers": [{"name": "proxy", "image": "p:1", "restartPolicy": "Always",
+                            "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}}}],
+                        "containers": [{"name": "app", "image": "web:1", "env": [{"name": "A", "value": "1"}],
+                            "args": ["--serve"],
+                            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}],
+                        "volumes": [{"name": "data", "emptyDir": {}}]
+                    }
+                }
+            },
+            "status": {"replicas": 3, "conditions": [{"type": "Available", "status": "True"}]}
+        }))
+        .unwrap();
+        let requests_before =
+            crate::finops::pod_requests(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap())
+                .unwrap();
+        slim_deployment(&mut d);
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {
+                    "name": "web", "namespace": "demo", "uid": "u-1", "resourceVersion": "7",
+                    "labels": {"app": "web"},
+                    "annotations": {"coherence.dev/paused-by": "coherencepolicy/web"}
+                },
+                "spec": {
+                    "replicas": 3, "paused": true,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {
+                            "initContainers": [{"name": "proxy", "restartPolicy": "Always",
+                                "resources": {"requests": {"cpu": "100m"}}}],
+                            "containers": [{"name": "app",
+                                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
+                        }
+                    }
+                }
+            })
+        );
+        let requests_after =
+            crate::finops::pod_requests(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap())
+                .unwrap();
+        assert_eq!(
+            (requests_after.cpu_cores, requests_after.memory_gib),
+            (requests_before.cpu_cores, requests_before.memory_gib)
+        );
+        assert!((requests_after.cpu_cores - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_stored_policy_drops_managed_fields_and_the_last_applied_copy() {
+        let mut doc: serde_json::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/examples/coherencepolicy.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        doc["metadata"]["annotations"] = json!({
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\": {}}", "team": "a"
+        });
+        doc["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply"}]);
+        let team = Some([("team".to_string(), "a".to_string())].into());
+
+        let mut p: DeserializeGuard<CoherencePolicy> = serde_json::from_value(doc.clone()).unwrap();
+        let spec_before = serde_json::to_value(&p.0.as_ref().unwrap().spec).unwrap();
+        slim_policy(&mut p);
+        let p = p.0.unwrap();
+        assert_eq!(p.metadata.managed_fields, None);
+        assert_eq!(p.metadata.annotations, team);
+        assert_eq!(serde_json::to_value(&p.spec).unwrap(), spec_before);
+
+        // One that cannot be read keeps its metadata for the warning, slimmed too.
+        doc["spec"] = json!({"selector": 7});
+        let mut bad: DeserializeGuard<CoherencePolicy> = serde_json::from_value(doc).unwrap();
+        slim_policy(&mut bad);
+        let bad = bad.0.unwrap_err();
+        assert_eq!(bad.metadata.managed_fields, None);
+        assert_eq!(bad.metadata.annotations, team);
+        assert_eq!(bad.metadata.name.as_deref(), Some("web"));
+    }
 
     #[tokio::test]
     async fn metrics_and_health_are_served() {

@@ -113,11 +113,13 @@ impl World {
                 Api::<PartialObjectMeta<Pod>>::all(client.clone()),
                 watcher::Config::default(),
             )
+            .modify(crate::run::slim_pod)
             .reflect(pod_writer)
             .for_each(|_| async {}),
         );
         tokio::spawn(
             watcher(Api::<Deployment>::all(client), watcher::Config::default())
+                .modify(crate::run::slim_deployment)
                 .reflect(deployment_writer)
                 .for_each(|_| async {}),
         );
@@ -550,7 +552,17 @@ fn samples(n: usize, at_ms: i64, qps: f64, latency: f64) -> Vec<FinopsSample> {
 
 #[tokio::test]
 async fn a_failing_gate_with_enforce_vetoes_the_rollout() {
-    let w = World::new();
+    failing_gate_vetoes_the_rollout(World::new()).await;
+}
+
+/// The same gate read through the caches `run` keeps, whose Deployments are slimmed to what
+/// the reconcilers read: the requests priced must still be the template's.
+#[tokio::test]
+async fn a_failing_gate_vetoes_the_rollout_through_the_caches() {
+    failing_gate_vetoes_the_rollout(World::with_caches()).await;
+}
+
+async fn failing_gate_vetoes_the_rollout(w: World) {
     let d = w.obj("apps/v1", "deployments", "web").unwrap();
     let uid = d["metadata"]["uid"].as_str().unwrap().to_string();
     // The newest ReplicaSet (revision 2) is the last rollout, an hour ago.
@@ -605,6 +617,11 @@ async fn a_failing_gate_with_enforce_vetoes_the_rollout() {
         Timestamp::from_millisecond(rollout_ms).unwrap().to_string()
     );
     assert_eq!(condition(st, "Passed"), s("False", "Fail"));
+    // 500m and 512Mi requested by the template's one container.
+    let inputs = &st["explain"]["inputs"];
+    assert_eq!(inputs["costSource"], "requests", "{inputs}");
+    assert_eq!(inputs["cpuRequestCores"], json!(0.5), "{inputs}");
+    assert_eq!(inputs["memoryRequestGib"], json!(0.5), "{inputs}");
     assert_eq!(w.paused("web"), (Some(true), Some("finopsgate/web".into())));
 
     // Deleting the gate releases the rollout.
