@@ -29,6 +29,15 @@ trap 'pkill -f "coherence-verifier serve --listen 127.0.0.1:28443" 2>/dev/null |
 export COHERENCE_TLS_CERT="$WORK/certs/verifier.crt" COHERENCE_TLS_KEY="$WORK/certs/verifier.key" \
   COHERENCE_TLS_CA="$WORK/certs/ca.crt" TOKEN_RATE=0 RUST_LOG=warn,coherence_verifier::serve=info
 
+# The verifier runs with the ENV of its image (Dockerfile.operator), as in a cluster; the load
+# generator without it.
+IMAGE_ENV=()
+while read -r line; do
+  case "$line" in ENV\ *) read -ra pairs <<<"${line#ENV }"; IMAGE_ENV+=("${pairs[@]}") ;; esac
+done < Dockerfile.operator
+echo "verifier environment from Dockerfile.operator: ${IMAGE_ENV[*]}" >&2
+export BENCH_VERIFIER_ENV="${IMAGE_ENV[*]}"
+
 run() { # alg rate duration tag
   local alg="$1" rate="$2" duration="$3" tag="$4"
   if [ "$alg" = hmac ]; then
@@ -39,7 +48,7 @@ run() { # alg rate duration tag
     unset PCS_HMAC_KEY || true
   fi
   rm -rf "$WORK/wal"
-  "$BIN/coherence-verifier" serve --listen 127.0.0.1:28443 --admin-listen 127.0.0.1:29102 \
+  env "${IMAGE_ENV[@]}" "$BIN/coherence-verifier" serve --listen 127.0.0.1:28443 --admin-listen 127.0.0.1:29102 \
     --wal-dir "$WORK/wal" 2>"$OUT/verifier-$alg$tag.log" &
   local pid=$!
   for _ in $(seq 1 100); do curl -sf 127.0.0.1:29102/readyz >/dev/null && break; sleep 0.1; done
@@ -64,11 +73,12 @@ PY
 )
 "$BIN/examples/ceiling" --dir "$WORK" --batch "$BATCH" --bytes 1100 --seconds 3 > "$OUT/ceiling.json"
 python3 - "$OUT" "$RATE" "$DURATION" "$CONCURRENCY" "$BATCH" "$MAX_RATE" <<'PY'
-import json, sys
+import json, os, sys
 out, rate, duration, conc, batch, max_rate = sys.argv[1:]
 ceil = json.load(open(f"{out}/ceiling.json"))
 summary = {"requested_rate": float(rate), "duration": duration, "concurrency": int(conc),
-           "wal_records_per_fsync": int(batch), "ceiling": ceil, "runs": {}}
+           "wal_records_per_fsync": int(batch), "ceiling": ceil, "runs": {},
+           "verifier_env": os.environ.get("BENCH_VERIFIER_ENV", "")}
 for alg in ("hmac", "ed25519"):
     lg = json.load(open(f"{out}/loadgen-{alg}.json"))
     mx = json.load(open(f"{out}/loadgen-{alg}-max.json"))
