@@ -77,7 +77,7 @@ def rss_parts(pid):
     (code and read-only data), shared libraries, and thread stacks."""
     parts = {"RssAnon": proc_kib(pid, "RssAnon:"), "RssFile": proc_kib(pid, "RssFile:")}
     exe = os.path.realpath(f"/proc/{pid}/exe")
-    binary = binary_dirty = libs = heap = stacks = 0
+    binary = libs = heap = stacks = 0
     name = ""
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
@@ -94,9 +94,7 @@ def rss_parts(pid):
                     heap += kib
                 elif name.startswith("[stack"):
                     stacks += kib
-            elif fields and fields[0] == "Private_Dirty:" and name == exe:
-                binary_dirty += int(fields[1])
-    parts.update({"binary": binary, "binary written (relocations, statics)": binary_dirty, "libraries": libs, "[heap]": heap, "main stack": stacks,
+    parts.update({"binary": binary, "libraries": libs, "[heap]": heap, "main stack": stacks,
                   "other anonymous (mmap'd arenas, thread stacks)": parts["RssAnon"] - heap - stacks})
     return parts
 
