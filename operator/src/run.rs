@@ -578,47 +578,26 @@ pub(crate) fn slim_pod(p: &mut PartialObjectMeta<Pod>) {
     }
 }
 
-/// A Deployment as the cache keeps it: what the reconcilers read and nothing else. Metadata
-/// without managed fields and `kubectl`'s copy of the last applied manifest; the spec's
-/// selector, `paused` and replicas; the pod template's labels and, per container, its name,
-/// `restartPolicy` (native sidecars) and resource requests (the FinOps cost); no status.
-/// Everything else of a pod template (images, env, probes, volumes, …) is most of a
-/// Deployment's size and is read through the API when it is needed.
+/// A Deployment as the cache keeps it: what the policy reconciler reads and nothing else.
+/// Metadata without managed fields and `kubectl`'s copy of the last applied manifest; the
+/// spec's selector, `paused` and replicas; the pod template's labels; no pod spec and no
+/// status. The pod spec is most of a Deployment's size (images, env, probes, volumes — and
+/// even an empty one is a large struct); FinOpsGates, which price its requests, read their
+/// one target through the API.
 pub(crate) fn slim_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
     if let Some(a) = d.metadata.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
     d.status = None;
-    let Some(spec) = d.spec.as_mut() else {
-        return;
-    };
-    spec.template.metadata = spec.template.metadata.take().map(|m| {
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            labels: m.labels,
-            ..Default::default()
-        }
-    });
-    if let Some(pod) = spec.template.spec.take() {
-        let keep =
-            |c: k8s_openapi::api::core::v1::Container| k8s_openapi::api::core::v1::Container {
-                name: c.name,
-                restart_policy: c.restart_policy,
-                resources: c
-                    .resources
-                    .map(|r| k8s_openapi::api::core::v1::ResourceRequirements {
-                        requests: r.requests,
-                        ..Default::default()
-                    }),
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template.metadata = spec.template.metadata.take().map(|m| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                labels: m.labels,
                 ..Default::default()
-            };
-        spec.template.spec = Some(k8s_openapi::api::core::v1::PodSpec {
-            containers: pod.containers.into_iter().map(keep).collect(),
-            init_containers: pod
-                .init_containers
-                .map(|cs| cs.into_iter().map(keep).collect()),
-            ..Default::default()
+            }
         });
+        spec.template.spec = None;
     }
 }
 
@@ -905,7 +884,7 @@ mod tests {
     use tower::ServiceExt;
 
     #[test]
-    fn the_cached_deployment_keeps_what_the_reconcilers_read_and_nothing_else() {
+    fn the_cached_deployment_keeps_what_the_policy_reconciler_reads_and_nothing_else() {
         let mut d: Deployment = serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {
@@ -935,9 +914,6 @@ mod tests {
             "status": {"replicas": 3, "conditions": [{"type": "Available", "status": "True"}]}
         }))
         .unwrap();
-        let requests_before =
-            crate::finops::pod_requests(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap())
-                .unwrap();
         slim_deployment(&mut d);
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(
@@ -952,26 +928,20 @@ mod tests {
                 "spec": {
                     "replicas": 3, "paused": true,
                     "selector": {"matchLabels": {"app": "web"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "web"}},
-                        "spec": {
-                            "initContainers": [{"name": "proxy", "restartPolicy": "Always",
-                                "resources": {"requests": {"cpu": "100m"}}}],
-                            "containers": [{"name": "app",
-                                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
-                        }
-                    }
+                    "template": {"metadata": {"labels": {"app": "web"}}}
                 }
             })
         );
-        let requests_after =
-            crate::finops::pod_requests(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap())
-                .unwrap();
+        // What the policy reconciler reads of it.
+        let state = crate::controller::policy::deployment_state(&d, true);
         assert_eq!(
-            (requests_after.cpu_cores, requests_after.memory_gib),
-            (requests_before.cpu_cores, requests_before.memory_gib)
+            (
+                state.name.as_str(),
+                state.paused,
+                state.paused_by.as_deref()
+            ),
+            ("web", true, Some("coherencepolicy/web"))
         );
-        assert!((requests_after.cpu_cores - 0.6).abs() < 1e-12);
     }
 
     #[test]

@@ -88,16 +88,10 @@ async fn read_target(
     let c = ctx.client.clone();
     match t.kind {
         TargetKind::Deployment => {
-            let d = match &ctx.caches {
-                Some(caches) => {
-                    caches.ready().await?;
-                    caches.deployment(ns, &t.name)
-                }
-                None => {
-                    let api: Api<Deployment> = Api::namespaced(c.clone(), ns);
-                    ignore_not_found(api.get(&t.name).await)?
-                }
-            };
+            // Read through the API even where `run` keeps a Deployment cache: the cache holds
+            // no pod specs (they are most of a Deployment's size, and only gates price them).
+            let api: Api<Deployment> = Api::namespaced(c.clone(), ns);
+            let d = ignore_not_found(api.get(&t.name).await)?;
             let Some(d) = d else {
                 return Ok(Err(format!("Deployment {} not found", t.name)));
             };

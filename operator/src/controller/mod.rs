@@ -23,7 +23,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::{PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -133,13 +133,6 @@ impl Caches {
             .into_iter()
             .map(Arc::unwrap_or_clone)
             .collect()
-    }
-
-    /// One Deployment.
-    pub fn deployment(&self, ns: &str, name: &str) -> Option<Deployment> {
-        self.deployments
-            .get(&ObjectRef::new(name).within(ns))
-            .map(Arc::unwrap_or_clone)
     }
 }
 

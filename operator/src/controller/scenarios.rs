@@ -555,8 +555,8 @@ async fn a_failing_gate_with_enforce_vetoes_the_rollout() {
     failing_gate_vetoes_the_rollout(World::new()).await;
 }
 
-/// The same gate read through the caches `run` keeps, whose Deployments are slimmed to what
-/// the reconcilers read: the requests priced must still be the template's.
+/// The same gate beside the caches `run` keeps, whose Deployments have no pod spec: the
+/// requests priced must still be the template's.
 #[tokio::test]
 async fn a_failing_gate_vetoes_the_rollout_through_the_caches() {
     failing_gate_vetoes_the_rollout(World::with_caches()).await;
