@@ -254,7 +254,7 @@ async fn apply_gate(gate: &FinOpsGate, ctx: &Context) -> Result<Action, Error> {
             action: "Evaluate".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&ev, &gate.object_ref(&())).await {
+        if let Err(e) = ctx.events.publish(&ev, &gate.object_ref(&())).await {
             tracing::warn!(gate = object_key(gate), error = %e, "cannot record an Event");
         }
     }

@@ -169,7 +169,7 @@ pub struct Context {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Event publisher (reporting controller `coherence-operator`).
-    pub recorder: Events,
+    pub events: Events,
     /// Requeue interval of a healthy object: the verifier's data changes without any
     /// Kubernetes event, so objects are read again on this period.
     pub resync: Duration,
@@ -201,7 +201,7 @@ impl Context {
         metrics: Arc<Metrics>,
         instance: Option<String>,
     ) -> Self {
-        let recorder = Events {
+        let events = Events {
             client: client.clone(),
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
@@ -212,7 +212,7 @@ impl Context {
             client,
             verifier,
             metrics,
-            recorder,
+            events,
             resync: Duration::from_secs(60),
             clock: None,
             prometheus_rules: false,

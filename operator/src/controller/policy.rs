@@ -261,7 +261,7 @@ fn condition_summary(s: Option<&CoherencePolicyStatus>) -> Vec<(String, String, 
 
 async fn publish(ctx: &Context, policy: &CoherencePolicy, ev: Event) {
     // An Event is best effort: failing to record one must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&ev, &policy.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&ev, &policy.object_ref(&())).await {
         tracing::warn!(policy = object_key(policy), error = %e, "cannot record an Event");
     }
 }

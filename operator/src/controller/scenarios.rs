@@ -555,10 +555,10 @@ async fn a_failing_gate_with_enforce_vetoes_the_rollout() {
     failing_gate_vetoes_the_rollout(World::new()).await;
 }
 
-/// The same gate beside the caches `run` keeps, whose Deployments have no pod spec: the
-/// requests priced must still be the template's.
+/// The same gate beside the caches `run` keeps: their Deployments have no pod spec, so a gate
+/// that priced from the cache would find no requests; it must read its target through the API.
 #[tokio::test]
-async fn a_failing_gate_vetoes_the_rollout_through_the_caches() {
+async fn a_gate_beside_the_caches_prices_its_target_read_through_the_api() {
     failing_gate_vetoes_the_rollout(World::with_caches()).await;
 }
 
