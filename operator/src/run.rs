@@ -8,7 +8,7 @@
 
 use crate::alerts;
 use crate::controller::verifier::HttpVerifier;
-use crate::controller::{self, Context, Error, gate, policy};
+use crate::controller::{self, Context, Error, cache, gate, policy};
 use crate::crd::{CoherencePolicy, DEFAULT_VERIFIER_ENDPOINT, FinOpsGate};
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -569,38 +569,6 @@ where
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
 }
 
-/// Pod metadata as the cache keeps it: labels and the injection annotation are all the
-/// count reads; managed fields and other annotations would only take memory.
-pub(crate) fn slim_pod(p: &mut PartialObjectMeta<Pod>) {
-    p.metadata.managed_fields = None;
-    if let Some(a) = p.metadata.annotations.as_mut() {
-        a.retain(|k, _| k == crate::inject::INJECTED_ANNOTATION);
-    }
-}
-
-/// A Deployment as the cache keeps it: what the policy reconciler reads and nothing else.
-/// Metadata without managed fields and `kubectl`'s copy of the last applied manifest; the
-/// spec's selector, `paused` and replicas; the pod template's labels; no pod spec and no
-/// status. The pod spec is most of a Deployment's size (images, env, probes, volumes — and
-/// even an empty one is a large struct); FinOpsGates, which price its requests, read their
-/// one target through the API.
-pub(crate) fn slim_deployment(d: &mut Deployment) {
-    d.metadata.managed_fields = None;
-    if let Some(a) = d.metadata.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    d.status = None;
-    if let Some(spec) = d.spec.as_mut() {
-        spec.template.metadata = spec.template.metadata.take().map(|m| {
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                labels: m.labels,
-                ..Default::default()
-            }
-        });
-        spec.template.spec = None;
-    }
-}
-
 /// A CoherencePolicy as the store keeps it: without managed fields and `kubectl`'s copy of
 /// the last applied manifest (neither is read; together they are often larger than the spec).
 /// A policy that cannot be read keeps only its metadata, slimmed the same way.
@@ -651,11 +619,11 @@ pub async fn run_controllers(
     concurrency: u16,
     stop: watch::Receiver<bool>,
 ) {
-    let (pod_store, pod_writer) = reflector::store();
-    let (deploy_store, deploy_writer) = reflector::store();
+    let (pod_cache, mut pod_writer) = cache::cache(cache::PodEntry::of);
+    let (deploy_cache, mut deploy_writer) = cache::cache(cache::DeploymentEntry::of);
     ctx.caches = Some(controller::Caches {
-        pods: pod_store,
-        deployments: deploy_store,
+        pods: pod_cache,
+        deployments: deploy_cache,
     });
     let caches = ctx.caches.clone();
     let ctx = Arc::new(ctx);
@@ -749,8 +717,7 @@ pub async fn run_controllers(
                 watcher::Config::default().any_semantic(),
             )
             .default_backoff()
-            .modify(slim_pod)
-            .reflect(pod_writer)
+            .inspect_ok(move |e| pod_writer.apply(e))
             .touched_objects();
             tokio::pin!(events);
             while let Some(e) = events.next().await {
@@ -783,8 +750,7 @@ pub async fn run_controllers(
                 watcher::Config::default().any_semantic(),
             )
             .default_backoff()
-            .modify(slim_deployment)
-            .reflect(deploy_writer)
+            .inspect_ok(move |e| deploy_writer.apply(e))
             .touched_objects();
             tokio::pin!(events);
             while let Some(e) = events.next().await {
@@ -882,67 +848,6 @@ mod tests {
     use super::*;
     use serde_json::json;
     use tower::ServiceExt;
-
-    #[test]
-    fn the_cached_deployment_keeps_what_the_policy_reconciler_reads_and_nothing_else() {
-        let mut d: Deployment = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {
-                "name": "web", "namespace": "demo", "uid": "u-1", "resourceVersion": "7",
-                "labels": {"app": "web"},
-                "annotations": {
-                    "coherence.dev/paused-by": "coherencepolicy/web",
-                    "kubectl.kubernetes.io/last-applied-configuration": "{\"huge\": true}"
-                },
-                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
-            },
-            "spec": {
-                "replicas": 3, "paused": true,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}, "annotations": {"a": "b"}},
-                    "spec": {
-                        "initContainers": [{"name": "proxy", "image": "p:1", "restartPolicy": "Always",
-                            "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}}}],
-                        "containers": [{"name": "app", "image": "web:1", "env": [{"name": "A", "value": "1"}],
-                            "args": ["--serve"],
-                            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}],
-                        "volumes": [{"name": "data", "emptyDir": {}}]
-                    }
-                }
-            },
-            "status": {"replicas": 3, "conditions": [{"type": "Available", "status": "True"}]}
-        }))
-        .unwrap();
-        slim_deployment(&mut d);
-        let v = serde_json::to_value(&d).unwrap();
-        assert_eq!(
-            v,
-            json!({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {
-                    "name": "web", "namespace": "demo", "uid": "u-1", "resourceVersion": "7",
-                    "labels": {"app": "web"},
-                    "annotations": {"coherence.dev/paused-by": "coherencepolicy/web"}
-                },
-                "spec": {
-                    "replicas": 3, "paused": true,
-                    "selector": {"matchLabels": {"app": "web"}},
-                    "template": {"metadata": {"labels": {"app": "web"}}}
-                }
-            })
-        );
-        // What the policy reconciler reads of it.
-        let state = crate::controller::policy::deployment_state(&d, true);
-        assert_eq!(
-            (
-                state.name.as_str(),
-                state.paused,
-                state.paused_by.as_deref()
-            ),
-            ("web", true, Some("coherencepolicy/web"))
-        );
-    }
 
     #[test]
     fn the_stored_policy_drops_managed_fields_and_the_last_applied_copy() {

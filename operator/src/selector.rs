@@ -11,14 +11,22 @@ use std::collections::BTreeMap;
 /// `true` when `labels` satisfy `selector`. An unknown operator, or `In`/`NotIn` without
 /// values (which the API server refuses), is an error naming the requirement.
 pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, Error> {
+    matches_with(selector, |k| labels.get(k).map(String::as_str))
+}
+
+/// [`matches`] against labels read through `label` (the value of a key, if any).
+pub fn matches_with<'a>(
+    selector: &LabelSelector,
+    label: impl Fn(&str) -> Option<&'a str>,
+) -> Result<bool, Error> {
     if let Some(ml) = &selector.match_labels
-        && ml.iter().any(|(k, v)| labels.get(k) != Some(v))
+        && ml.iter().any(|(k, v)| label(k) != Some(v.as_str()))
     {
         return Ok(false);
     }
     for (i, req) in selector.match_expressions.iter().flatten().enumerate() {
         let field = || format!("selector.matchExpressions[{i}]");
-        let value = labels.get(&req.key);
+        let value = label(&req.key);
         let values = req.values.as_deref().unwrap_or_default();
         let ok = match req.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => {
@@ -27,8 +35,8 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> R
                     format!("operator {} needs at least one value", req.operator),
                 ));
             }
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => !value.is_some_and(|v| values.contains(v)),
+            "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+            "NotIn" => !value.is_some_and(|v| values.iter().any(|x| x == v)),
             "Exists" => value.is_some(),
             "DoesNotExist" => value.is_none(),
             other => {

@@ -8,6 +8,7 @@
 //! (pause/release Deployments in `enforce`), then write **status** and emit an Event when
 //! something changed.
 
+pub mod cache;
 pub mod gate;
 pub mod policy;
 pub mod verifier;
@@ -17,13 +18,11 @@ mod scenarios;
 
 use crate::metrics::Metrics;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::{PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -93,46 +92,52 @@ impl Error {
     }
 }
 
-/// Reflector stores of what the reconcilers read on every pass, filled by watches: pods as
-/// metadata only (labels and the injection annotation are all the count needs) and
-/// Deployments without their `managedFields`.
+/// The watched caches of what the policy reconciler reads on every pass ([`cache`]): per pod
+/// its labels and whether it was injected, per Deployment its selector, template labels and
+/// pause state.
 #[derive(Clone)]
 pub struct Caches {
-    /// Every pod's metadata.
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Every pod.
+    pub pods: cache::Cache<cache::PodEntry>,
     /// Every Deployment.
-    pub deployments: Store<Deployment>,
+    pub deployments: cache::Cache<cache::DeploymentEntry>,
 }
 
 impl Caches {
     /// Waits until both caches hold a complete first list (reads before that would see an
     /// empty cluster, and the reconciler would delete what it owns).
     pub async fn ready(&self) -> Result<(), Error> {
-        self.pods
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::Cache("pod"))?;
-        self.deployments
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::Cache("deployment"))
+        self.pods.ready("pod").await?;
+        self.deployments.ready("deployment").await
     }
 
-    /// Metadata of the pods of `ns` whose labels `selector` matches.
-    pub fn pods(&self, ns: &str, selector: &Selector) -> Vec<Arc<PartialObjectMeta<Pod>>> {
-        self.pods.state_filter(|p| {
-            p.metadata.namespace.as_deref() == Some(ns)
-                && selector.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
-        })
+    /// How many pods of `ns` `selector` matches, and how many of those were injected.
+    pub fn count_pods(&self, ns: &str, selector: &LabelSelector) -> Result<(usize, usize), Error> {
+        let (mut matched, mut injected) = (0, 0);
+        let mut failed = None;
+        self.pods.for_each_in(ns, |_, p| {
+            match crate::selector::matches_with(selector, |k| p.labels.get(k)) {
+                Ok(true) => {
+                    matched += 1;
+                    injected += usize::from(p.injected);
+                }
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
+            }
+        });
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok((matched, injected)),
+        }
     }
 
-    /// The Deployments of `ns`.
+    /// The Deployments of `ns`, as far as the cache knows them
+    /// ([`cache::DeploymentEntry::to_deployment`]).
     pub fn deployments(&self, ns: &str) -> Vec<Deployment> {
+        let mut out = Vec::new();
         self.deployments
-            .state_filter(|d| d.metadata.namespace.as_deref() == Some(ns))
-            .into_iter()
-            .map(Arc::unwrap_or_clone)
-            .collect()
+            .for_each_in(ns, |name, d| out.push(d.to_deployment(ns, name)));
+        out
     }
 }
 

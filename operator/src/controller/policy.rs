@@ -40,6 +40,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::Action;
@@ -94,7 +95,7 @@ struct Observed {
 
 // A pod counts as injected when it carries the annotation the webhook (and `inject`) sets;
 // its value names the policy that injected it. Metadata is all the count reads.
-fn is_injected(meta: &kube::api::ObjectMeta) -> bool {
+pub(crate) fn is_injected(meta: &kube::api::ObjectMeta) -> bool {
     meta.annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(crate::inject::INJECTED_ANNOTATION))
@@ -104,14 +105,18 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-async fn observe(ns: &str, selector: &Selector, ctx: &Context) -> Result<Observed, Error> {
+async fn observe(
+    ns: &str,
+    selector: &Selector,
+    label_selector: &LabelSelector,
+    ctx: &Context,
+) -> Result<Observed, Error> {
     // From the watched caches when `run` keeps them, else by listing.
     let (matched_pods, injected_pods, deployments) = match &ctx.caches {
         Some(c) => {
             c.ready().await?;
-            let pods = c.pods(ns, selector);
-            let injected = pods.iter().filter(|p| is_injected(&p.metadata)).count();
-            (count(pods.len()), count(injected), c.deployments(ns))
+            let (matched, injected) = c.count_pods(ns, label_selector)?;
+            (count(matched), count(injected), c.deployments(ns))
         }
         None => {
             let pods: Api<PartialObjectMeta<Pod>> = Api::namespaced(ctx.client.clone(), ns);
@@ -362,7 +367,7 @@ async fn apply_policy(policy: &CoherencePolicy, ctx: &Context) -> Result<Action,
     };
 
     // Read.
-    let seen = observe(&ns, &selector, ctx).await?;
+    let seen = observe(&ns, &selector, &policy.spec.selector, ctx).await?;
     let client = ctx.client.clone();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);

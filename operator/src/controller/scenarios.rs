@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::verifier::StaticVerifier;
-use super::{Caches, Context, gate, policy};
+use super::{Caches, Context, cache, gate, policy};
 use crate::crd::{CoherencePolicy, FinOpsGate};
 use crate::fake::{FakeApi, Write};
 use crate::metrics::Metrics;
@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -106,22 +106,29 @@ impl World {
     fn with_caches() -> World {
         let mut w = Self::build(false);
         let client = w.fake.client();
-        let (pods, pod_writer) = reflector::store();
-        let (deployments, deployment_writer) = reflector::store();
+        let (pods, mut pod_writer) = cache::cache(cache::PodEntry::of);
+        let (deployments, mut deployment_writer) = cache::cache(cache::DeploymentEntry::of);
         tokio::spawn(
             watcher(
                 Api::<PartialObjectMeta<Pod>>::all(client.clone()),
                 watcher::Config::default(),
             )
-            .modify(crate::run::slim_pod)
-            .reflect(pod_writer)
-            .for_each(|_| async {}),
+            .for_each(move |e| {
+                if let Ok(e) = e {
+                    pod_writer.apply(&e);
+                }
+                async {}
+            }),
         );
         tokio::spawn(
-            watcher(Api::<Deployment>::all(client), watcher::Config::default())
-                .modify(crate::run::slim_deployment)
-                .reflect(deployment_writer)
-                .for_each(|_| async {}),
+            watcher(Api::<Deployment>::all(client), watcher::Config::default()).for_each(
+                move |e| {
+                    if let Ok(e) = e {
+                        deployment_writer.apply(&e);
+                    }
+                    async {}
+                },
+            ),
         );
         Arc::get_mut(&mut w.ctx).unwrap().caches = Some(Caches { pods, deployments });
         w
