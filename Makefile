@@ -5,7 +5,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/release/coherence
 DEMO_DIR := $(TARGET_DIR)/demo
 
-.PHONY: crds tools manifests all build demo test test-chaos test-ui chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator bench-operator-rss clean
+.PHONY: crds tools manifests all build demo test test-chaos test-ui chaos lint fmt bench bench-core bench-compare bench-verifier bench-sidecar bench-operator bench-operator-rss operator-symbol-order clean
 
 all: build
 
@@ -70,6 +70,13 @@ bench-compare: build
 ## per reconcile (finalizer, create and steady passes) and the process RSS.
 bench-operator:
 	$(CARGO) bench -p coherence-operator --features fake --bench reconcile
+
+## operator-symbol-order: runs the size-tuned operator under callgrind (a small population, the
+## webhook, a steady phase) and writes the functions it executed to operator/symbol-order.txt,
+## the link order of `--profile operator` (operator/build.rs). Needs valgrind.
+operator-symbol-order:
+	$(CARGO) build --profile operator --locked -p coherence-operator --bin coherence-operator
+	python3 bench/operator_symbol_order.py
 
 ## bench-operator-rss: the real `coherence-operator run` against 2,000 policies served by the
 ## fake API in its own process; the operator's RSS and time per reconcile. OPERATOR_RSS_ARGS

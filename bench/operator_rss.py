@@ -104,6 +104,30 @@ def get_json(url):
         return json.load(r)
 
 
+def review_pods(webhook_port, n):
+    """Sends `n` AdmissionReviews of a pod that policy app-0 selects to the operator's webhook
+    (TLS, its generated certificate), as the API server does on every pod creation; each must
+    come back allowed with the sidecar patch."""
+    import ssl
+    with open(os.path.join(ROOT, "operator", "tests", "data", "review-deployment-pod.json")) as f:
+        review = json.load(f)
+    req = review["request"]
+    req["namespace"] = req["object"]["metadata"]["namespace"] = "ns-0"
+    req["object"]["metadata"]["labels"] = {"app": "app-0", "deployment": "app-0"}
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for i in range(n):
+        req["uid"] = f"bench-{i}"
+        r = urllib.request.Request(
+            f"https://127.0.0.1:{webhook_port}/mutate", data=json.dumps(review).encode(),
+            headers={"content-type": "application/json"}, method="POST")
+        with urllib.request.urlopen(r, timeout=30, context=ctx) as resp:
+            answer = json.load(resp)["response"]
+        if not (answer.get("allowed") and answer.get("patch")):
+            raise SystemExit(f"webhook: expected an allowed review with a patch, got {answer}")
+
+
 def wait_http(url, timeout=60):
     end = time.time() + timeout
     while time.time() < end:
@@ -152,6 +176,8 @@ def main():
     ap.add_argument("--profile", default="release",
                     help="cargo profile of the operator binary: release or operator")
     ap.add_argument("--steady-seconds", type=int, default=30)
+    ap.add_argument("--reviews", type=int, default=20,
+                    help="AdmissionReviews sent to the webhook after convergence")
     ap.add_argument("--resync", default="20s")
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
     ap.add_argument("--no-build", action="store_true")
@@ -238,6 +264,8 @@ def main():
             time.sleep(1)
             done, total = converged(api, a.policies)
         converge_s = time.time() - started
+        # Pods are created in a cluster: the webhook is part of the steady state.
+        review_pods(wport, a.reviews)
         sum0, count0 = reconcile_stats(f"http://127.0.0.1:{mport}/metrics")
         samples = []
         for _ in range(a.steady_seconds):
@@ -255,7 +283,8 @@ def main():
               f"{' '.join(f'{k}={v}' for k, v in image_env.items()) or 'none'}; "
               f"--malloc-arena-max: {a.malloc_arena_max or 'unset'}; "
               f"extra args: {' '.join(a.operator_arg) or 'none'}")
-        print(f"converged (every policy's status observed) in {converge_s:.1f} s after start")
+        print(f"converged (every policy's status observed) in {converge_s:.1f} s after start; "
+              f"then {a.reviews} pod admission reviews, each injected")
         print(f"reconciles: {int(count1)}; mean {1000 * sum1 / max(count1, 1):.2f} ms per reconcile overall")
         if steady_n > 0:
             print(f"steady phase: {int(steady_n)} reconciles, mean {1000 * (sum1 - sum0) / steady_n:.2f} ms")
@@ -272,7 +301,8 @@ def main():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 try:
-                    p.wait(10)
+                    # A wrapper (a profiler) writes its record as the operator exits.
+                    p.wait(120 if (p is procs[-1] and a.wrap) else 10)
                 except subprocess.TimeoutExpired:
                     p.kill()
 
