@@ -16,7 +16,9 @@
 use super::Error;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
@@ -81,8 +83,10 @@ impl PodEntry {
 /// `coherence.dev/paused-by` annotation (the veto).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentEntry {
-    /// `spec.selector`.
-    pub selector: LabelSelector,
+    /// `spec.selector.matchLabels` (a map would take a B-tree node sized for eleven pairs).
+    pub match_labels: Labels,
+    /// `spec.selector.matchExpressions`.
+    pub match_expressions: Option<Vec<LabelSelectorRequirement>>,
     /// `spec.template.metadata.labels`.
     pub template_labels: Labels,
     /// `spec.paused`.
@@ -95,8 +99,13 @@ impl DeploymentEntry {
     /// The entry of a Deployment.
     pub fn of(d: &Deployment) -> Self {
         let spec = d.spec.as_ref();
+        let selector = spec.map(|s| &s.selector);
         DeploymentEntry {
-            selector: spec.map(|s| s.selector.clone()).unwrap_or_default(),
+            match_labels: selector
+                .and_then(|s| s.match_labels.as_ref())
+                .map(Labels::from)
+                .unwrap_or_default(),
+            match_expressions: selector.and_then(|s| s.match_expressions.clone()),
             template_labels: spec
                 .and_then(|s| s.template.metadata.as_ref())
                 .and_then(|m| m.labels.as_ref())
@@ -126,7 +135,11 @@ impl DeploymentEntry {
                 ..ObjectMeta::default()
             },
             spec: Some(DeploymentSpec {
-                selector: self.selector.clone(),
+                selector: LabelSelector {
+                    match_labels: (!self.match_labels.0.is_empty())
+                        .then(|| self.match_labels.to_map()),
+                    match_expressions: self.match_expressions.clone(),
+                },
                 paused: self.paused,
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
@@ -396,9 +409,19 @@ mod tests {
         let mut plain = d.clone();
         plain.metadata.annotations = None;
         plain.spec.as_mut().unwrap().paused = None;
+        plain.spec.as_mut().unwrap().selector.match_labels = None;
         let back = DeploymentEntry::of(&plain).to_deployment("demo", "web");
         assert_eq!(back.metadata.annotations, None);
-        assert_eq!(back.spec.unwrap().paused, None);
+        let spec = back.spec.unwrap();
+        assert_eq!(spec.paused, None);
+        assert_eq!(
+            spec.selector.match_labels, None,
+            "no matchLabels stays none"
+        );
+        assert_eq!(
+            spec.selector.match_expressions,
+            d.spec.as_ref().unwrap().selector.match_expressions
+        );
     }
 
     #[tokio::test]
