@@ -39,6 +39,11 @@ impl Labels {
             .map(|i| &*self.0[i].1)
     }
 
+    /// There is no label.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// As the map the Kubernetes types hold.
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.0
@@ -136,7 +141,7 @@ impl DeploymentEntry {
             },
             spec: Some(DeploymentSpec {
                 selector: LabelSelector {
-                    match_labels: (!self.match_labels.0.is_empty())
+                    match_labels: (!self.match_labels.is_empty())
                         .then(|| self.match_labels.to_map()),
                     match_expressions: self.match_expressions.clone(),
                 },
@@ -338,6 +343,7 @@ mod tests {
         assert_eq!(l.get("missing"), None);
         assert_eq!(l.to_map(), m);
         assert_eq!(Labels::default().get("app"), None);
+        assert!(Labels::default().is_empty() && !l.is_empty());
     }
 
     #[test]
