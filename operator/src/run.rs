@@ -608,8 +608,8 @@ fn template_labels(d: &Deployment) -> std::collections::BTreeMap<String, String>
 }
 
 /// Runs both controllers until `stop`, `concurrency` reconciles each at once. Pods (metadata)
-/// and Deployments are each watched once, into the reflector stores of
-/// [`controller::Caches`] that the reconcilers read instead of listing; every change of one
+/// and Deployments are each watched once, into the compact caches of [`controller::Caches`]
+/// ([`cache`]) that the reconcilers read instead of listing; every change of one
 /// triggers the policies (and, for a Deployment, the gates) that refer to it. Policies come
 /// from `feed` (its watch runs beside, in [`follow_policies`]).
 pub async fn run_controllers(
@@ -776,9 +776,8 @@ pub async fn run_controllers(
             }
         }
     };
-    // The controllers start once both caches hold their first list: a reconcile never waits
-    // for them. (Many reconciles waiting on a store's readiness at once would not all be
-    // woken: the store wakes one waiter.)
+    // The controllers start once both caches hold their first list (and the policy store
+    // its): a reconcile never waits for them.
     let controllers = async move {
         if let Some(c) = caches
             && let Err(e) = c.ready().await
