@@ -276,11 +276,7 @@ impl<T> Cache<T> {
 
     /// Calls `f` with every entry of `ns` and its name.
     pub fn for_each_in(&self, ns: &str, mut f: impl FnMut(&str, &T)) {
-        let map = self
-            .entries
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(m) = map.get(ns) {
+        if let Some(m) = self.read().get(ns) {
             for (name, v) in m {
                 f(name, v);
             }
@@ -289,11 +285,14 @@ impl<T> Cache<T> {
 
     /// How many entries the cache holds.
     pub fn len(&self) -> usize {
-        let map = self
-            .entries
+        self.read().values().map(HashMap::len).sum()
+    }
+
+    // Poisoning leaves whole entries behind (see `Writer::write`): the map is still consistent.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries<T>> {
+        self.entries
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.values().map(HashMap::len).sum()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The cache holds no entry.
