@@ -20,6 +20,7 @@ pub mod inject;
 pub mod lease;
 pub mod metrics;
 pub mod owner;
+pub mod packed;
 pub mod protect;
 pub mod render;
 pub mod run;

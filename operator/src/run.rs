@@ -2,16 +2,18 @@
 //! serves `/metrics` and `/healthz` until SIGTERM (or until the Lease is lost, which ends the
 //! process with status 1 so the kubelet restarts it as a follower).
 //!
-//! Watches use `DeserializeGuard<T>`: a policy or gate the operator cannot parse (an older or
-//! newer schema, a hand-edited object) becomes a counted `invalid_spec` error on that object
-//! instead of stalling the whole watch.
+//! Watches use `DeserializeGuard<T>` (policies through [`PackedPolicy`], which keeps them
+//! compressed): a policy or gate the operator cannot parse (an older or newer schema, a
+//! hand-edited object) becomes a counted `invalid_spec` error on that object instead of
+//! stalling the whole watch.
 
 use crate::alerts;
 use crate::controller::verifier::HttpVerifier;
 use crate::controller::{self, Context, Error, cache, gate, policy};
-use crate::crd::{CoherencePolicy, DEFAULT_VERIFIER_ENDPOINT, FinOpsGate};
+use crate::crd::{DEFAULT_VERIFIER_ENDPOINT, FinOpsGate};
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::packed::PackedPolicy;
 use crate::webhook;
 use axum::Router;
 use axum::extract::State;
@@ -26,8 +28,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::DynamicObject;
+use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
-use kube::core::{DeserializeGuard, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::wait::Condition;
@@ -241,7 +243,7 @@ async fn start_webhook(
     client: &kube::Client,
     args: &RunArgs,
     policies: PolicyFeed,
-    writer: reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
+    writer: reflector::store::Writer<PackedPolicy>,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let tls = match (&args.webhook_cert, &args.webhook_key) {
@@ -299,22 +301,19 @@ async fn start_webhook(
 
 /// The one CoherencePolicy store of the process: the webhook reads it on every replica, and
 /// the leader's policy controller reads it and is triggered by its changes (a second store
-/// would hold every policy twice).
+/// would hold every policy twice). Policies are kept packed ([`PackedPolicy`]).
 #[derive(Clone)]
 pub struct PolicyFeed {
-    store: Store<DeserializeGuard<CoherencePolicy>>,
+    store: Store<PackedPolicy>,
     /// The policy controller's triggers, once it runs.
     subscriber: Arc<std::sync::Mutex<Option<PolicyTrigger>>>,
 }
 
-type PolicyTrigger = tokio::sync::mpsc::Sender<ObjectRef<DeserializeGuard<CoherencePolicy>>>;
+type PolicyTrigger = tokio::sync::mpsc::Sender<ObjectRef<PackedPolicy>>;
 
 impl PolicyFeed {
     /// An empty feed and the writer [`follow_policies`] fills it with.
-    pub fn new() -> (
-        Self,
-        reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
-    ) {
+    pub fn new() -> (Self, reflector::store::Writer<PackedPolicy>) {
         let (store, writer) = reflector::store();
         let feed = Self {
             store,
@@ -329,10 +328,7 @@ impl PolicyFeed {
 
     /// From now on, every changed policy is sent to the returned stream; it starts with every
     /// policy the store holds (call once the store is ready).
-    fn subscribe(
-        &self,
-    ) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<CoherencePolicy>>> + Send + use<>
-    {
+    fn subscribe(&self) -> impl futures::Stream<Item = ObjectRef<PackedPolicy>> + Send + use<> {
         let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
         *self.subscriber() = Some(tx);
         let now: Vec<_> = self
@@ -349,16 +345,16 @@ impl PolicyFeed {
 /// passes each change on to the policy controller once it has subscribed.
 async fn follow_policies(
     client: kube::Client,
-    writer: reflector::store::Writer<DeserializeGuard<CoherencePolicy>>,
+    writer: reflector::store::Writer<PackedPolicy>,
     feed: PolicyFeed,
     mut stop: watch::Receiver<bool>,
 ) {
-    let api: Api<DeserializeGuard<CoherencePolicy>> = Api::all(client);
+    // Each object is packed as it is read off the watch (`PackedPolicy`'s `Deserialize`).
+    let api: Api<PackedPolicy> = Api::all(client);
     // Backs off (0.8 s doubling to 30 s) while the API server cannot be reached, instead of
     // retrying at once in a loop.
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(slim_policy)
         .reflect(writer)
         .touched_objects();
     tokio::pin!(events);
@@ -370,13 +366,13 @@ async fn follow_policies(
         match next {
             None => return,
             Some(Err(e)) => tracing::warn!(error = %e, "policy watch; retrying"),
-            Some(Ok(g)) => {
-                if let Err(invalid) = &g.0 {
-                    tracing::warn!(error = %invalid.error, "a CoherencePolicy that cannot be read is not used for injection");
+            Some(Ok(p)) => {
+                if let Some(why) = p.invalid_reason() {
+                    tracing::warn!(policy = %controller::object_key(&p), error = %why, "a CoherencePolicy that cannot be read is not used for injection");
                 }
                 let tx = feed.subscriber().clone();
                 if let Some(tx) = tx
-                    && tx.send(ObjectRef::from_obj(&g)).await.is_err()
+                    && tx.send(ObjectRef::from_obj(&p)).await.is_err()
                 {
                     // The controller stopped (the lease was lost or the process is ending).
                     *feed.subscriber() = None;
@@ -496,40 +492,27 @@ fn until(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()>
 }
 
 /// The policies of `ns` whose selector matches `labels`.
+/// The policies of `ns` whose selector matches `labels` (read from the packed selectors: no
+/// policy is unpacked).
 fn policies_selecting(
-    store: &Store<DeserializeGuard<CoherencePolicy>>,
+    store: &Store<PackedPolicy>,
     ns: Option<&str>,
     labels: &std::collections::BTreeMap<String, String>,
-) -> Vec<ObjectRef<DeserializeGuard<CoherencePolicy>>> {
+) -> Vec<ObjectRef<PackedPolicy>> {
     store
-        .state()
+        .state_filter(|p| p.namespace().as_deref() == ns && p.selects(labels))
         .iter()
-        .filter(|g| g.namespace().as_deref() == ns)
-        .filter(|g| {
-            g.0.as_ref().is_ok_and(|p| {
-                kube::core::Selector::try_from(p.spec.selector.clone())
-                    .is_ok_and(|s| s.matches(labels))
-            })
-        })
-        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
 
-async fn reconcile_policy(
-    obj: Arc<DeserializeGuard<CoherencePolicy>>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    match &obj.0 {
-        Ok(p) => policy::reconcile(Arc::new(p.clone()), ctx).await,
-        Err(invalid) => Err(crate::Error::invalid("object", invalid.error.clone()).into()),
-    }
+async fn reconcile_policy(obj: Arc<PackedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Unpacked for this reconcile only; the store keeps the packed form.
+    let policy = obj.unpack()?;
+    policy::reconcile(Arc::new(policy), ctx).await
 }
 
-fn policy_error(
-    obj: Arc<DeserializeGuard<CoherencePolicy>>,
-    e: &Error,
-    ctx: Arc<Context>,
-) -> Action {
+fn policy_error(obj: Arc<PackedPolicy>, e: &Error, ctx: Arc<Context>) -> Action {
     ctx.retry(policy::CONTROLLER, &controller::object_key(obj.as_ref()), e)
 }
 
@@ -567,20 +550,6 @@ where
     K::DynamicType: Send,
 {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
-}
-
-/// A CoherencePolicy as the store keeps it: without managed fields and `kubectl`'s copy of
-/// the last applied manifest (neither is read; together they are often larger than the spec).
-/// A policy that cannot be read keeps only its metadata, slimmed the same way.
-pub(crate) fn slim_policy(p: &mut DeserializeGuard<CoherencePolicy>) {
-    let meta = match p.0.as_mut() {
-        Ok(p) => &mut p.metadata,
-        Err(invalid) => &mut invalid.metadata,
-    };
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
 }
 
 /// The gates of `d`'s namespace whose target is `d`.
@@ -845,42 +814,7 @@ async fn serve(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use serde_json::json;
     use tower::ServiceExt;
-
-    #[test]
-    fn the_stored_policy_drops_managed_fields_and_the_last_applied_copy() {
-        let mut doc: serde_json::Value = serde_yaml_ng::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../manifests/examples/coherencepolicy.yaml"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
-        doc["metadata"]["annotations"] = json!({
-            "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\": {}}", "team": "a"
-        });
-        doc["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply"}]);
-        let team = Some([("team".to_string(), "a".to_string())].into());
-
-        let mut p: DeserializeGuard<CoherencePolicy> = serde_json::from_value(doc.clone()).unwrap();
-        let spec_before = serde_json::to_value(&p.0.as_ref().unwrap().spec).unwrap();
-        slim_policy(&mut p);
-        let p = p.0.unwrap();
-        assert_eq!(p.metadata.managed_fields, None);
-        assert_eq!(p.metadata.annotations, team);
-        assert_eq!(serde_json::to_value(&p.spec).unwrap(), spec_before);
-
-        // One that cannot be read keeps its metadata for the warning, slimmed too.
-        doc["spec"] = json!({"selector": 7});
-        let mut bad: DeserializeGuard<CoherencePolicy> = serde_json::from_value(doc).unwrap();
-        slim_policy(&mut bad);
-        let bad = bad.0.unwrap_err();
-        assert_eq!(bad.metadata.managed_fields, None);
-        assert_eq!(bad.metadata.annotations, team);
-        assert_eq!(bad.metadata.name.as_deref(), Some("web"));
-    }
 
     #[tokio::test]
     async fn metrics_and_health_are_served() {

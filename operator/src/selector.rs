@@ -5,7 +5,7 @@
 //! empty (its CRD and [`crate::render::validate`] refuse that).
 
 use crate::error::Error;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use std::collections::BTreeMap;
 
 /// `true` when `labels` satisfy `selector`. An unknown operator, or `In`/`NotIn` without
@@ -19,12 +19,27 @@ pub fn matches_with<'a>(
     selector: &LabelSelector,
     label: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<bool, Error> {
-    if let Some(ml) = &selector.match_labels
-        && ml.iter().any(|(k, v)| label(k) != Some(v.as_str()))
-    {
+    matches_parts(
+        selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+        selector.match_expressions.as_deref().unwrap_or_default(),
+        label,
+    )
+}
+
+/// [`matches_with`] for a selector held as its `matchLabels` pairs and `matchExpressions`.
+pub fn matches_parts<'a, 'b>(
+    match_labels: impl IntoIterator<Item = (&'b str, &'b str)>,
+    match_expressions: &[LabelSelectorRequirement],
+    label: impl Fn(&str) -> Option<&'a str>,
+) -> Result<bool, Error> {
+    if match_labels.into_iter().any(|(k, v)| label(k) != Some(v)) {
         return Ok(false);
     }
-    for (i, req) in selector.match_expressions.iter().flatten().enumerate() {
+    for (i, req) in match_expressions.iter().enumerate() {
         let field = || format!("selector.matchExpressions[{i}]");
         let value = label(&req.key);
         let values = req.values.as_deref().unwrap_or_default();
@@ -57,7 +72,6 @@ pub fn matches_with<'a>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

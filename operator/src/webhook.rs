@@ -18,6 +18,7 @@
 
 use crate::crd::CoherencePolicy;
 use crate::inject::{self, InjectOptions, Outcome};
+use crate::packed::PackedPolicy;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -36,7 +37,6 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
-use kube::core::DeserializeGuard;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use rustls::ServerConfig;
@@ -121,17 +121,18 @@ impl PolicySource for SharedPolicies {
 }
 
 /// The watched CoherencePolicy store as a [`PolicySource`]: `run` keeps one reflector of the
-/// policies for both the webhook and the policy controller. A policy that cannot be read is
+/// policies, packed ([`PackedPolicy`]), for both the webhook and the policy controller; the
+/// policies of the pod's namespace are unpacked per review. A policy that cannot be read is
 /// not used for injection.
 #[derive(Clone)]
-pub struct StorePolicies(pub kube::runtime::reflector::Store<DeserializeGuard<CoherencePolicy>>);
+pub struct StorePolicies(pub kube::runtime::reflector::Store<PackedPolicy>);
 
 impl PolicySource for StorePolicies {
     fn policies_in(&self, namespace: &str) -> Vec<CoherencePolicy> {
         self.0
-            .state_filter(|g| kube::Resource::meta(g).namespace.as_deref() == Some(namespace))
+            .state_filter(|p| kube::Resource::meta(p).namespace.as_deref() == Some(namespace))
             .iter()
-            .filter_map(|g| g.0.as_ref().ok().cloned())
+            .filter_map(|p| p.unpack().ok())
             .collect()
     }
 }

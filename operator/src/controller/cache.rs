@@ -39,6 +39,11 @@ impl Labels {
             .map(|i| &*self.0[i].1)
     }
 
+    /// The pairs, sorted by key.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
     /// There is no label.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
