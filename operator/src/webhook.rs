@@ -43,6 +43,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -69,6 +70,17 @@ pub const DEFAULT_NAMESPACE: &str = "coherence";
 pub trait PolicySource: Send + Sync {
     /// The CoherencePolicies of `namespace`, as last seen.
     fn policies_in(&self, namespace: &str) -> Vec<CoherencePolicy>;
+
+    /// The CoherencePolicies of `namespace` that may select a pod with `labels`: at least every
+    /// one whose selector matches them (more is allowed; [`inject::select_policy`] decides).
+    fn policies_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<CoherencePolicy> {
+        let _ = labels;
+        self.policies_in(namespace)
+    }
 }
 
 /// A [`PolicySource`] in memory, shared with the reconciler (cheap to clone: one `Arc`).
@@ -121,9 +133,9 @@ impl PolicySource for SharedPolicies {
 }
 
 /// The watched CoherencePolicy store as a [`PolicySource`]: `run` keeps one reflector of the
-/// policies, packed ([`PackedPolicy`]), for both the webhook and the policy controller; the
-/// policies of the pod's namespace are unpacked per review. A policy that cannot be read is
-/// not used for injection.
+/// policies, packed ([`PackedPolicy`]), for both the webhook and the policy controller. A
+/// review unpacks only the policies of the pod's namespace whose packed selector matches the
+/// pod's labels. A policy that cannot be read is not used for injection.
 #[derive(Clone)]
 pub struct StorePolicies(pub kube::runtime::reflector::Store<PackedPolicy>);
 
@@ -131,6 +143,20 @@ impl PolicySource for StorePolicies {
     fn policies_in(&self, namespace: &str) -> Vec<CoherencePolicy> {
         self.0
             .state_filter(|p| kube::Resource::meta(p).namespace.as_deref() == Some(namespace))
+            .iter()
+            .filter_map(|p| p.unpack().ok())
+            .collect()
+    }
+
+    fn policies_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<CoherencePolicy> {
+        self.0
+            .state_filter(|p| {
+                kube::Resource::meta(p).namespace.as_deref() == Some(namespace) && p.selects(labels)
+            })
             .iter()
             .filter_map(|p| p.unpack().ok())
             .collect()
@@ -218,7 +244,10 @@ fn review_pod(
         .or_else(|| req.namespace.clone())
         .unwrap_or_else(|| "default".to_string());
     pod.metadata.namespace = Some(namespace.clone());
-    let policies = state.policies.policies_in(&namespace);
+    let policies = state.policies.policies_for(
+        &namespace,
+        pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+    );
     Ok(match inject::inject(&pod, &policies, &state.options) {
         Ok(Outcome::Injected(i)) => {
             tracing::info!(

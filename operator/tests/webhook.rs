@@ -252,6 +252,75 @@ async fn several_policies_the_oldest_is_used_with_a_warning() {
     );
 }
 
+/// `run`'s source: the watched store of packed policies. A review unpacks only the policies
+/// of the pod's namespace whose selector matches the pod, and injects as with any source.
+#[tokio::test]
+async fn the_watched_store_serves_the_policies_selecting_the_pod() {
+    use coherence_operator::packed::PackedPolicy;
+    use kube::runtime::{reflector, watcher};
+    let mut writer = reflector::store::Writer::<PackedPolicy>::default();
+    let mut object = |v: Value| {
+        let p: PackedPolicy = serde_json::from_value(v).unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(p));
+    };
+    let web = data("policy-web.json");
+    object(web.clone());
+    let mut api = web.clone();
+    api["metadata"]["name"] = json!("api");
+    api["spec"]["selector"] = json!({"matchLabels": {"app": "api"}});
+    object(api);
+    let mut elsewhere = web.clone();
+    elsewhere["metadata"]["namespace"] = json!("other");
+    object(elsewhere);
+    let mut broken = web.clone();
+    broken["metadata"]["name"] = json!("broken");
+    broken["spec"] = json!({"selector": 7});
+    object(broken);
+    let src = webhook::StorePolicies(writer.as_reader());
+
+    let names = |ps: Vec<CoherencePolicy>| -> Vec<String> {
+        let mut n: Vec<_> = ps.into_iter().map(|p| p.metadata.name.unwrap()).collect();
+        n.sort();
+        n
+    };
+    let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(names(src.policies_in("demo")), ["api", "web"]);
+    assert_eq!(names(src.policies_in("other")), ["web"]);
+    assert_eq!(
+        names(src.policies_for("demo", &labels(&[("app", "web"), ("tier", "api")]))),
+        ["web"]
+    );
+    assert!(
+        src.policies_for("demo", &labels(&[("app", "web"), ("tier", "batch")]))
+            .is_empty()
+    );
+    assert_eq!(
+        names(src.policies_for("demo", &labels(&[("app", "api")]))),
+        ["api"]
+    );
+    // The unpacked policy is the watched one.
+    let unpacked = src.policies_for("demo", &labels(&[("app", "web")]));
+    let want: CoherencePolicy = serde_json::from_value(web).unwrap();
+    assert_eq!(unpacked[0].spec, want.spec);
+
+    let app = webhook::router(Arc::new(src), InjectOptions::default());
+    let review = data("review-deployment-pod.json");
+    let (status, body) = post(app, serde_json::to_vec(&review).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let pod = patched(&review, &answer["response"]);
+    let containers = pod["spec"]["initContainers"].as_array().unwrap();
+    assert!(
+        containers.iter().any(|c| c["name"] == CONTAINER_NAME),
+        "{pod}"
+    );
+}
+
 #[tokio::test]
 async fn an_invalid_policy_admits_the_pod_with_a_warning() {
     let mut bad: Value = data("policy-web.json");
