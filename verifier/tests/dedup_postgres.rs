@@ -8,10 +8,11 @@
 mod common;
 
 use coherence_verifier::dedup::postgres::PostgresStore;
-use coherence_verifier::dedup::{
-    Insert, RecordKind, StoreError, StoreSettings, StoredOutcome, now_ms,
+use coherence_verifier::dedup::{Insert, Store, StoreError, StoreSettings};
+use common::{
+    Proxy, assert_first_write_wins, assert_one_winner_of_concurrent_inserts, eventually, free_port,
+    outcome, settings, tag,
 };
-use common::{Proxy, eventually, free_port, tag};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,22 +23,8 @@ fn url_via(port: u16) -> String {
     format!("postgres://postgres@127.0.0.1:{port}/test")
 }
 
-fn settings(ttl: Duration, op_timeout: Duration) -> StoreSettings {
-    StoreSettings { ttl, op_timeout }
-}
-
 fn long() -> StoreSettings {
     settings(Duration::from_secs(600), Duration::from_secs(10))
-}
-
-fn outcome(status: u16, seq: u64) -> StoredOutcome {
-    StoredOutcome {
-        status,
-        kind: RecordKind::Pcs,
-        seq,
-        at_ms: now_ms(),
-        body: serde_json::json!({"status": status, "seq": seq, "note": "é ✓", "x": 0.1, "n": [1, 2]}),
-    }
 }
 
 /// A direct connection for checks; panics if PostgreSQL is down.
@@ -177,15 +164,7 @@ async fn first_write_wins() {
     )
     .await
     .unwrap();
-    let first = outcome(200, 1);
-    assert_eq!(store.insert("r1", &first).await.unwrap(), Insert::First);
-    assert_eq!(
-        store.insert("r1", &outcome(202, 2)).await.unwrap(),
-        Insert::Duplicate(first.clone())
-    );
-    assert_eq!(store.get("r1").await.unwrap(), Some(first.clone()));
-    assert_eq!(store.get("r2").await.unwrap(), None);
-    store.ping().await.unwrap();
+    let first = assert_first_write_wins(&Store::Postgres(store)).await;
 
     let row = admin()
         .await
@@ -208,36 +187,10 @@ async fn first_write_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_inserts_of_one_id_have_one_winner() {
     let schema = Schema::new().await;
-    let store = Arc::new(
-        PostgresStore::connect(URL, &schema.name, &long())
-            .await
-            .unwrap(),
-    );
-    let tasks: Vec<_> = (0..20u64)
-        .map(|seq| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let o = outcome(200, seq);
-                (o.clone(), store.insert("same", &o).await.unwrap())
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.unwrap());
-    }
-    let winners: Vec<_> = results
-        .iter()
-        .filter(|(_, r)| *r == Insert::First)
-        .map(|(o, _)| o.clone())
-        .collect();
-    assert_eq!(winners.len(), 1, "{results:?}");
-    for (_, r) in &results {
-        if let Insert::Duplicate(o) = r {
-            assert_eq!(o, &winners[0]);
-        }
-    }
-    assert_eq!(store.get("same").await.unwrap(), Some(winners[0].clone()));
+    let store = PostgresStore::connect(URL, &schema.name, &long())
+        .await
+        .unwrap();
+    assert_one_winner_of_concurrent_inserts(Arc::new(Store::Postgres(store))).await;
     assert_eq!(count_rows(&schema.name).await, 1);
 }
 

@@ -9,8 +9,11 @@
 mod common;
 
 use coherence_verifier::dedup::redis::RedisStore;
-use coherence_verifier::dedup::{Insert, RecordKind, StoreError, StoreSettings, StoredOutcome};
-use common::{Proxy, eventually, free_port, tag};
+use coherence_verifier::dedup::{Insert, Store, StoreError, StoreSettings, StoredOutcome};
+use common::{
+    Proxy, assert_first_write_wins, assert_one_winner_of_concurrent_inserts, eventually, free_port,
+    outcome, settings, tag,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,20 +21,6 @@ const REDIS: &str = "127.0.0.1:6379";
 
 /// Longer than the pause in `a_paused_server_is_unavailable_until_the_pause_ends`.
 const PATIENT: Duration = Duration::from_secs(10);
-
-fn settings(ttl: Duration, op_timeout: Duration) -> StoreSettings {
-    StoreSettings { ttl, op_timeout }
-}
-
-fn outcome(status: u16, seq: u64) -> StoredOutcome {
-    StoredOutcome {
-        status,
-        kind: RecordKind::Signals,
-        seq,
-        at_ms: coherence_verifier::dedup::now_ms(),
-        body: serde_json::json!({"status": status, "seq": seq, "note": "é ✓", "x": 0.1}),
-    }
-}
 
 /// A direct connection for checks and for pausing the server; panics if Redis is down.
 async fn direct() -> redis::aio::MultiplexedConnection {
@@ -109,15 +98,8 @@ async fn first_write_wins_and_is_stored_as_json_under_the_prefix() {
     )
     .await
     .unwrap();
-    let first = outcome(200, 1);
-    assert_eq!(store.insert("r1", &first).await.unwrap(), Insert::First);
-    assert_eq!(
-        store.insert("r1", &outcome(202, 2)).await.unwrap(),
-        Insert::Duplicate(first.clone())
-    );
-    assert_eq!(store.get("r1").await.unwrap(), Some(first.clone()));
-    assert_eq!(store.get("r2").await.unwrap(), None);
-    store.ping().await.unwrap();
+    let store = Store::Redis(store);
+    let first = assert_first_write_wins(&store).await;
     assert_eq!(store.purge_expired().await.unwrap(), 0);
 
     let mut conn = direct().await;
@@ -140,40 +122,14 @@ async fn first_write_wins_and_is_stored_as_json_under_the_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_inserts_of_one_id_have_one_winner() {
     let keys = Keys::new().await;
-    let store = Arc::new(
-        RedisStore::connect(
-            REDIS,
-            &keys.prefix,
-            &settings(Duration::from_secs(600), PATIENT),
-        )
-        .await
-        .unwrap(),
-    );
-    let tasks: Vec<_> = (0..20u64)
-        .map(|seq| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let o = outcome(200, seq);
-                (o.clone(), store.insert("same", &o).await.unwrap())
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.unwrap());
-    }
-    let winners: Vec<_> = results
-        .iter()
-        .filter(|(_, r)| *r == Insert::First)
-        .map(|(o, _)| o.clone())
-        .collect();
-    assert_eq!(winners.len(), 1, "{results:?}");
-    for (_, r) in &results {
-        if let Insert::Duplicate(o) = r {
-            assert_eq!(o, &winners[0]);
-        }
-    }
-    assert_eq!(store.get("same").await.unwrap(), Some(winners[0].clone()));
+    let store = RedisStore::connect(
+        REDIS,
+        &keys.prefix,
+        &settings(Duration::from_secs(600), PATIENT),
+    )
+    .await
+    .unwrap();
+    assert_one_winner_of_concurrent_inserts(Arc::new(Store::Redis(store))).await;
 }
 
 #[tokio::test]

@@ -2,11 +2,75 @@
 
 #![allow(dead_code)]
 
+use coherence_verifier::dedup::{Insert, RecordKind, Store, StoreSettings, StoredOutcome};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+
+/// Store settings with this TTL and per-operation timeout.
+pub fn settings(ttl: Duration, op_timeout: Duration) -> StoreSettings {
+    StoreSettings { ttl, op_timeout }
+}
+
+/// An outcome to store, told apart by `status` and `seq` (its body has non-ASCII text, a
+/// fraction and an array, which every backend must give back as they were).
+pub fn outcome(status: u16, seq: u64) -> StoredOutcome {
+    StoredOutcome {
+        status,
+        kind: RecordKind::Pcs,
+        seq,
+        at_ms: coherence_verifier::dedup::now_ms(),
+        body: serde_json::json!({"status": status, "seq": seq, "note": "é ✓", "x": 0.1, "n": [1, 2]}),
+    }
+}
+
+/// First write wins on `store`: the first insert of an id is stored and returned to later
+/// inserts as the duplicate's outcome. Returns the outcome stored under `r1`.
+pub async fn assert_first_write_wins(store: &Store) -> StoredOutcome {
+    let first = outcome(200, 1);
+    assert_eq!(store.insert("r1", &first).await.unwrap(), Insert::First);
+    assert_eq!(
+        store.insert("r1", &outcome(202, 2)).await.unwrap(),
+        Insert::Duplicate(first.clone())
+    );
+    assert_eq!(store.get("r1").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.get("r2").await.unwrap(), None);
+    store.ping().await.unwrap();
+    first
+}
+
+/// Twenty concurrent inserts of one id on `store`: exactly one is first, every other gets
+/// the winner's outcome, and the winner is what is stored. Returns the winner.
+pub async fn assert_one_winner_of_concurrent_inserts(store: Arc<Store>) -> StoredOutcome {
+    let tasks: Vec<_> = (0..20u64)
+        .map(|seq| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let o = outcome(200, seq);
+                (o.clone(), store.insert("same", &o).await.unwrap())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let winners: Vec<_> = results
+        .iter()
+        .filter(|(_, r)| *r == Insert::First)
+        .map(|(o, _)| o.clone())
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for (_, r) in &results {
+        if let Insert::Duplicate(o) = r {
+            assert_eq!(o, &winners[0]);
+        }
+    }
+    assert_eq!(store.get("same").await.unwrap(), Some(winners[0].clone()));
+    winners[0].clone()
+}
 
 /// A port on 127.0.0.1 where nothing listens (at the moment of the call).
 pub fn free_port() -> u16 {
