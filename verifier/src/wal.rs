@@ -7,6 +7,13 @@
 //! answers all of them; while it syncs, the next batch gathers. Under load many requests share
 //! one sync; alone, a request waits for exactly one.
 //!
+//! **Outcome records do not wake the writer.** Nobody waits for an `Applied` record, so
+//! queueing one does not wake an idle writer: it is written with the next append someone waits
+//! for, or, when none comes, written and synced at most [`LAZY_FLUSH`] later. Under load that
+//! halves the writer's wake-ups (each request queues a body and an outcome); a crash loses at
+//! most the outcomes of the last few milliseconds, and a body without its outcome is applied
+//! again on replay, idempotently, as after any crash.
+//!
 //! **Records.** A segment (`inbox-<first seq, 20 digits>.wal`) starts with the 8-byte magic
 //! `COHWAL01`, then frames `len: u32 LE | crc32(payload): u32 LE | payload`. Payloads:
 //! - `Body` (1): `seq u64 | at_ms i64 | kind u8 | identity (u16 len) | request id (u16 len) | body`
@@ -42,7 +49,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const MAGIC: &[u8; 8] = b"COHWAL01";
@@ -574,10 +581,164 @@ enum Cmd {
     Barrier(tokio::sync::oneshot::Sender<Result<u64, String>>),
 }
 
+impl Cmd {
+    /// Someone waits for it: it wakes the writer.
+    fn is_waited_for(&self) -> bool {
+        match self {
+            Cmd::Append { reply, .. } => reply.is_some(),
+            Cmd::Barrier(_) => true,
+        }
+    }
+}
+
+/// Longest an outcome record waits, unwritten, for an append someone waits for; then the
+/// writer writes and syncs it on its own.
+pub const LAZY_FLUSH: Duration = Duration::from_millis(5);
+
+/// The writer's queue: commands in sequence order; only those someone waits for wake the
+/// writer ([`Cmd::is_waited_for`]).
+struct Inbox {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    cmds: std::collections::VecDeque<Cmd>,
+    /// Queued commands someone waits for.
+    waited: usize,
+    /// Handles ([`Tx`]) still open; at 0 the writer drains the queue and stops.
+    senders: usize,
+    /// The writer has stopped: nothing is taken any more.
+    stopped: bool,
+    /// The writer waits with nothing to do and no timer: the next command wakes it, whatever
+    /// it is, and starts the [`LAZY_FLUSH`] timer.
+    sleeping: bool,
+}
+
+/// What the writer takes from the [`Inbox`] in one go.
+struct Take {
+    cmds: Vec<Cmd>,
+    /// Taken because [`LAZY_FLUSH`] passed with nothing waited for: write and sync them.
+    flush: bool,
+    /// Every handle is gone and the queue is empty: the writer stops.
+    done: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Held only to push or take whole commands: a poisoned lock guards nothing half-done.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, cmd: Cmd) -> Result<(), WalError> {
+        let waited = cmd.is_waited_for();
+        let mut q = self.lock();
+        if q.stopped {
+            return Err(WalError::Stopped("the writer thread has exited".into()));
+        }
+        q.cmds.push_back(cmd);
+        if waited {
+            q.waited += 1;
+        }
+        let wake = waited || q.sleeping;
+        q.sleeping = false;
+        drop(q);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until a command someone waits for is queued (or every handle is gone), or, with
+    /// only outcome records queued or `unsynced` data written, until [`LAZY_FLUSH`] has passed
+    /// since the first of them; then takes up to `max` commands.
+    fn take(&self, unsynced: bool, max: usize) -> Take {
+        let mut q = self.lock();
+        let mut deadline = Instant::now() + LAZY_FLUSH;
+        let mut flush = false;
+        while q.waited == 0 && q.senders > 0 {
+            if q.cmds.is_empty() && !unsynced {
+                q.sleeping = true;
+                q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                q.sleeping = false;
+                deadline = Instant::now() + LAZY_FLUSH;
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                flush = true;
+                break;
+            }
+            q = self
+                .wake
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let n = q.cmds.len().min(max.max(1));
+        let cmds: Vec<Cmd> = q.cmds.drain(..n).collect();
+        q.waited -= cmds.iter().filter(|c| c.is_waited_for()).count();
+        Take {
+            cmds,
+            flush,
+            done: q.senders == 0 && q.cmds.is_empty(),
+        }
+    }
+
+    /// The writer has stopped: later pushes fail, and whoever waits on a queued command is
+    /// answered with an error (its reply is dropped).
+    fn stop(&self) {
+        let dropped = {
+            let mut q = self.lock();
+            q.stopped = true;
+            q.waited = 0;
+            std::mem::take(&mut q.cmds)
+        };
+        drop(dropped);
+    }
+}
+
+/// A handle on the writer's queue; the writer stops once every handle is dropped.
+struct Tx(Arc<Inbox>);
+
+impl Tx {
+    fn new(inbox: Arc<Inbox>) -> Tx {
+        inbox.lock().senders += 1;
+        Tx(inbox)
+    }
+}
+
+impl Clone for Tx {
+    fn clone(&self) -> Tx {
+        Tx::new(self.0.clone())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
+        q.senders -= 1;
+        if q.senders == 0 {
+            drop(q);
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// Stops the inbox when the writer's loop ends, however it ends.
+struct StopOnExit(Arc<Inbox>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// Handle to the WAL writer. Cloning shares the writer.
 #[derive(Clone)]
 pub struct Wal {
-    tx: mpsc::Sender<Cmd>,
+    tx: Tx,
     next_seq: Arc<AtomicU64>,
     stats: Arc<WalStats>,
     dir: PathBuf,
@@ -629,7 +790,8 @@ impl Writer {
         Ok((f, path, len))
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+    fn run(mut self, inbox: Arc<Inbox>) {
+        let _stop = StopOnExit(inbox.clone());
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut waiting: Vec<(tokio::sync::oneshot::Sender<Result<u64, String>>, u64)> = Vec::new();
         let mut failed: Option<String> = None;
@@ -638,33 +800,24 @@ impl Writer {
         let mut dirty = false;
         let mut highest = 0u64;
         loop {
-            let first = if dirty {
-                match rx.recv_timeout(Duration::from_millis(5)) {
-                    Ok(c) => c,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if failed.is_none() {
-                            if let Err(e) = self.sync() {
-                                tracing::error!(error = %e, "WAL sync failed; refusing further appends");
-                                failed = Some(e.to_string());
-                            }
-                        }
-                        dirty = false;
-                        continue;
+            let Take {
+                cmds: batch,
+                flush,
+                done,
+            } = inbox.take(dirty, self.cfg.max_batch);
+            if batch.is_empty() {
+                if done {
+                    break;
+                }
+                // LAZY_FLUSH passed with written outcome records unsynced.
+                if dirty && failed.is_none() {
+                    if let Err(e) = self.sync() {
+                        tracing::error!(error = %e, "WAL sync failed; refusing further appends");
+                        failed = Some(e.to_string());
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-            } else {
-                match rx.recv() {
-                    Ok(c) => c,
-                    Err(_) => break,
-                }
-            };
-            let mut batch = vec![first];
-            while batch.len() < self.cfg.max_batch {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
+                dirty = false;
+                continue;
             }
             buf.clear();
             waiting.clear();
@@ -680,7 +833,8 @@ impl Writer {
                     Cmd::Barrier(r) => waiting.push((r, highest)),
                 }
             }
-            let must_sync = !waiting.is_empty();
+            // Outcome records taken after LAZY_FLUSH are synced at once, as they would have been.
+            let must_sync = !waiting.is_empty() || flush || done;
             let result = if let Some(f) = &failed {
                 Err(f.clone())
             } else {
@@ -824,7 +978,11 @@ impl Wal {
         // and sealed segments are never written again (compaction relies on it).
         let (file, path, size) = Writer::open_segment(&cfg, report.next_seq)?;
         stats.bytes.fetch_add(size, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let tx = Tx::new(inbox.clone());
         let active = Arc::new(AtomicU64::new(report.next_seq));
         let mut writer = Writer {
             active: active.clone(),
@@ -839,7 +997,7 @@ impl Wal {
         writer.preallocate()?;
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(inbox))
             .map_err(io_err(&cfg.dir, "start writer thread"))?;
         Ok((
             Wal {
@@ -860,9 +1018,7 @@ impl Wal {
     }
 
     fn send(&self, cmd: Cmd) -> Result<(), WalError> {
-        self.tx
-            .send(cmd)
-            .map_err(|_| WalError::Stopped("the writer thread has exited".into()))
+        self.tx.0.push(cmd)
     }
 
     /// Appends a body and returns once it is durable, with its sequence number.
@@ -1203,6 +1359,69 @@ mod tests {
                 prop_assert_eq!(e, &Entry::Body(body(i as u64, "{\"x\":1}")));
             }
         }
+    }
+
+    fn applied(body_seq: u64) -> impl Fn(&Entry) -> bool {
+        move |e| matches!(e, Entry::Applied(a) if a.body_seq == body_seq)
+    }
+
+    /// The records in the segments of a WAL that is still being written, read without
+    /// touching the files (`replay` cuts preallocated space and torn tails).
+    fn frames_of_live(dir: &Path) -> Vec<Entry> {
+        list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, p)| {
+                let bytes = std::fs::read(&p).unwrap();
+                scan_frames(&bytes[MAGIC.len()..]).entries
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outcome_alone_is_written_and_synced_within_the_lazy_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalConfig::new(dir.path()), None, |_| {}).unwrap();
+        let seq = wal
+            .append_body(RecordKind::Pcs, "id", "rid", Bytes::from("b"), 5)
+            .await
+            .unwrap();
+        let syncs = wal.stats().syncs.load(Ordering::Relaxed);
+        wal.append_applied(seq, 200, true, "pcs-1", 6).unwrap();
+        // Nothing else is appended: the writer writes and syncs it on its own.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while wal.stats().syncs.load(Ordering::Relaxed) == syncs {
+            assert!(Instant::now() < deadline, "the outcome was never synced");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(frames_of_live(dir.path()).iter().any(applied(seq)));
+        wal.shutdown();
+        assert!(read_all(dir.path()).0.iter().any(applied(seq)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outcomes_queued_before_a_body_are_durable_with_it_and_kept_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalConfig::new(dir.path()), None, |_| {}).unwrap();
+        let first = wal
+            .append_body(RecordKind::Pcs, "id", "r1", Bytes::from("one"), 5)
+            .await
+            .unwrap();
+        wal.append_applied(first, 200, true, "pcs-1", 6).unwrap();
+        let second = wal
+            .append_body(RecordKind::Pcs, "id", "r2", Bytes::from("two"), 7)
+            .await
+            .unwrap();
+        // The second body is durable, so everything queued before it is written.
+        let seqs: Vec<u64> = frames_of_live(dir.path()).iter().map(Entry::seq).collect();
+        assert_eq!(seqs, [first, first + 1, second], "in sequence order");
+
+        // An outcome still queued at shutdown is written and synced by it.
+        wal.append_applied(second, 202, true, "pcs-2", 8).unwrap();
+        wal.shutdown();
+        let (entries, report) = read_all(dir.path());
+        assert!(entries.iter().any(applied(second)), "{entries:?}");
+        assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
