@@ -491,7 +491,6 @@ fn until(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()>
     }
 }
 
-/// The policies of `ns` whose selector matches `labels`.
 /// The policies of `ns` whose selector matches `labels` (read from the packed selectors: no
 /// policy is unpacked).
 fn policies_selecting(
