@@ -20,10 +20,10 @@
 //! `managedFields` and `kubectl`'s copy of the last applied manifest are dropped before
 //! packing: neither is read, and together they are often larger than the spec.
 
-use crate::controller::cache::Labels;
+use crate::controller::cache::Selector;
 use crate::crd::CoherencePolicy;
 use crate::error::Error;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::core::{DeserializeGuard, NamespaceResourceScope};
 use serde::{Deserialize, Deserializer};
@@ -39,7 +39,7 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 pub struct PackedPolicy {
     /// name, namespace, resourceVersion and uid: what `ObjectRef`s and the watcher read.
     meta: ObjectMeta,
-    selector: PackedSelector,
+    selector: Selector,
     body: Body,
 }
 
@@ -51,42 +51,15 @@ enum Body {
     Invalid(Box<str>),
 }
 
-/// `spec.selector` as sorted label pairs and its expressions.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct PackedSelector {
-    match_labels: Labels,
-    match_expressions: Box<[LabelSelectorRequirement]>,
-}
-
-impl PackedSelector {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> Result<bool, Error> {
-        crate::selector::matches_parts(self.match_labels.pairs(), &self.match_expressions, |k| {
-            labels.get(k).map(String::as_str)
-        })
-    }
-}
-
 impl PackedPolicy {
     /// Packs a policy as it is (metadata included; see [`PackedPolicy::from_watch`] for what
     /// the store drops first).
     pub fn pack(policy: &CoherencePolicy) -> Result<PackedPolicy, Error> {
         let json = serde_json::to_vec(policy)
             .map_err(|e| Error::invalid("object", format!("cannot be written as JSON: {e}")))?;
-        let selector = &policy.spec.selector;
         Ok(PackedPolicy {
             meta: key_meta(&policy.metadata),
-            selector: PackedSelector {
-                match_labels: selector
-                    .match_labels
-                    .as_ref()
-                    .map(Labels::from)
-                    .unwrap_or_default(),
-                match_expressions: selector
-                    .match_expressions
-                    .clone()
-                    .unwrap_or_default()
-                    .into(),
-            },
+            selector: Selector::from(&policy.spec.selector),
             body: Body::Packed(
                 lz4_flex::block::compress_prepend_size_with_dict(&json, dictionary())
                     .into_boxed_slice(),
@@ -109,7 +82,7 @@ impl PackedPolicy {
     fn invalid(meta: &ObjectMeta, why: impl ToString) -> PackedPolicy {
         PackedPolicy {
             meta: key_meta(meta),
-            selector: PackedSelector::default(),
+            selector: Selector::default(),
             body: Body::Invalid(why.to_string().into()),
         }
     }
@@ -279,6 +252,7 @@ fn reference_policy() -> serde_json::Value {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn policy(ns: &str, name: &str) -> CoherencePolicy {
         let mut v = crate::fake::population_policy(ns, name);

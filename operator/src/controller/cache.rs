@@ -69,6 +69,49 @@ impl From<&BTreeMap<String, String>> for Labels {
     }
 }
 
+/// A label selector held compactly: `matchLabels` as sorted pairs (a map would take a B-tree
+/// node sized for eleven pairs), `matchExpressions` as given. Deployments' selectors in the
+/// cache and policies' selectors in the packed policy store ([`crate::packed`]) are held so.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selector {
+    /// `matchLabels`.
+    pub match_labels: Labels,
+    /// `matchExpressions`.
+    pub match_expressions: Option<Vec<LabelSelectorRequirement>>,
+}
+
+impl From<&LabelSelector> for Selector {
+    fn from(s: &LabelSelector) -> Self {
+        Selector {
+            match_labels: s
+                .match_labels
+                .as_ref()
+                .map(Labels::from)
+                .unwrap_or_default(),
+            match_expressions: s.match_expressions.clone(),
+        }
+    }
+}
+
+impl Selector {
+    /// As the Kubernetes type (no `matchLabels` when there is no pair).
+    pub fn to_label_selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: (!self.match_labels.is_empty()).then(|| self.match_labels.to_map()),
+            match_expressions: self.match_expressions.clone(),
+        }
+    }
+
+    /// `true` when `labels` satisfy the selector ([`crate::selector::matches`]).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> Result<bool, crate::Error> {
+        crate::selector::matches_parts(
+            self.match_labels.pairs(),
+            self.match_expressions.as_deref().unwrap_or_default(),
+            |k| labels.get(k).map(String::as_str),
+        )
+    }
+}
+
 /// What the policy reconciler reads of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodEntry {
@@ -93,10 +136,8 @@ impl PodEntry {
 /// `coherence.dev/paused-by` annotation (the veto).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentEntry {
-    /// `spec.selector.matchLabels` (a map would take a B-tree node sized for eleven pairs).
-    pub match_labels: Labels,
-    /// `spec.selector.matchExpressions`.
-    pub match_expressions: Option<Vec<LabelSelectorRequirement>>,
+    /// `spec.selector`.
+    pub selector: Selector,
     /// `spec.template.metadata.labels`.
     pub template_labels: Labels,
     /// `spec.paused`.
@@ -109,13 +150,10 @@ impl DeploymentEntry {
     /// The entry of a Deployment.
     pub fn of(d: &Deployment) -> Self {
         let spec = d.spec.as_ref();
-        let selector = spec.map(|s| &s.selector);
         DeploymentEntry {
-            match_labels: selector
-                .and_then(|s| s.match_labels.as_ref())
-                .map(Labels::from)
+            selector: spec
+                .map(|s| Selector::from(&s.selector))
                 .unwrap_or_default(),
-            match_expressions: selector.and_then(|s| s.match_expressions.clone()),
             template_labels: spec
                 .and_then(|s| s.template.metadata.as_ref())
                 .and_then(|m| m.labels.as_ref())
@@ -145,11 +183,7 @@ impl DeploymentEntry {
                 ..ObjectMeta::default()
             },
             spec: Some(DeploymentSpec {
-                selector: LabelSelector {
-                    match_labels: (!self.match_labels.is_empty())
-                        .then(|| self.match_labels.to_map()),
-                    match_expressions: self.match_expressions.clone(),
-                },
+                selector: self.selector.to_label_selector(),
                 paused: self.paused,
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
