@@ -53,12 +53,78 @@ pub fn py_round(x: f64, ndigits: i32) -> f64 {
         return x;
     }
     if ndigits >= 0 {
-        // Rust's fixed-precision formatting is exact and rounds ties to even, which is exactly
-        // what Python's dtoa-based round does; parsing back is correctly rounded too.
-        let s = format!("{:.*}", ndigits as usize, x);
-        return s.parse::<f64>().unwrap_or(x);
+        return round_small(x, ndigits.unsigned_abs())
+            .unwrap_or_else(|| round_by_text(x, ndigits.unsigned_abs()));
     }
     round_left_of_point(x, ndigits.unsigned_abs())
+}
+
+/// `py_round` for `ndigits >= 0` through text. Rust's fixed-precision formatting is exact and
+/// rounds ties to even, which is exactly what Python's dtoa-based round does; parsing back is
+/// correctly rounded too.
+fn round_by_text(x: f64, ndigits: u32) -> f64 {
+    let s = format!("{:.*}", ndigits as usize, x);
+    s.parse::<f64>().unwrap_or(x)
+}
+
+/// `py_round` in integer arithmetic, for `ndigits <= 15` and results below 2^53 units of
+/// `10^-ndigits` (every PCS float), `None` elsewhere. `x = m * 2^e` exactly, so `x * 10^nd` is
+/// the integer `m * 10^nd` shifted right by `-e`, which is rounded to the nearest integer, ties
+/// to even; that integer `q` and `10^nd` are both exact in an f64, and the IEEE division
+/// `q / 10^nd` is the float nearest to the decimal result, as parsing it would give.
+fn round_small(x: f64, ndigits: u32) -> Option<f64> {
+    const POW10: [u64; 16] = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+        10_000_000_000,
+        100_000_000_000,
+        1_000_000_000_000,
+        10_000_000_000_000,
+        100_000_000_000_000,
+        1_000_000_000_000_000,
+    ];
+    let scale = *POW10.get(ndigits as usize)?;
+    let bits = x.abs().to_bits();
+    let biased = (bits >> 52) as i32;
+    let frac = bits & ((1u64 << 52) - 1);
+    // x = mant * 2^exp with an integer mantissa (subnormals have no implicit bit).
+    let (mant, exp) = if biased == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1u64 << 52), biased - 1075)
+    };
+    if exp >= 0 {
+        // An integer: rounding to a fraction of a unit never changes it.
+        return Some(x);
+    }
+    let shift = exp.unsigned_abs();
+    let scaled = u128::from(mant) * u128::from(scale);
+    let q = if shift >= 128 {
+        // Below 2^-75 units: nearer to zero than to one unit.
+        0
+    } else {
+        let q = scaled >> shift;
+        let rem = scaled - (q << shift);
+        let half = 1u128 << (shift - 1);
+        if rem > half || (rem == half && q & 1 == 1) {
+            q + 1
+        } else {
+            q
+        }
+    };
+    if q >= 1u128 << 53 {
+        return None;
+    }
+    let r = q as f64 / scale as f64;
+    Some(if x.is_sign_negative() { -r } else { r })
 }
 
 /// `py_round` for negative `ndigits`: rounds the exact integer part at `places` digits left of
@@ -119,22 +185,68 @@ fn round_left_of_point(x: f64, places: u32) -> f64 {
 /// `1e-4 <= |x| < 1e16` (with `.0` on integral values) and as `d.ddde±XX` otherwise
 /// (`1e-05`, `1e+16`, `1.2345678901234568e+17`). NaN and infinities give `nan`, `inf`, `-inf`.
 pub fn py_float_repr(x: f64) -> String {
+    let mut out = String::with_capacity(24);
+    write_py_float_repr(&mut out, x);
+    out
+}
+
+/// A fixed buffer for one `{:e}` rendering of an f64 (at most 24 bytes: `-1.7976931348623157e308`).
+struct SciBuf {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl std::fmt::Write for SciBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// [`py_float_repr`] appended to `out`.
+fn write_py_float_repr(out: &mut String, x: f64) {
     if x.is_nan() {
-        return "nan".to_owned();
+        out.push_str("nan");
+        return;
     }
     if x.is_infinite() {
-        return if x > 0.0 { "inf" } else { "-inf" }.to_owned();
+        out.push_str(if x > 0.0 { "inf" } else { "-inf" });
+        return;
     }
     // `{:e}` yields the shortest round-trip digits with a decimal exponent, e.g. `-1.234e-5`.
-    let sci = format!("{x:e}");
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mantissa),
+    let mut sci = SciBuf {
+        buf: [0; 32],
+        len: 0,
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let mut out = String::with_capacity(digits.len() + 8);
+    if write!(sci, "{:e}", x.abs()).is_err() {
+        // Cannot happen for an f64; keep the slow path rather than a wrong answer.
+        let owned = format!("{:e}", x.abs());
+        return write_sci_as_python(out, x.is_sign_negative(), owned.as_bytes());
+    }
+    write_sci_as_python(out, x.is_sign_negative(), &sci.buf[..sci.len]);
+}
+
+/// Rewrites Rust's `d.ddde-X` (of a non-negative finite float) in Python's notation.
+fn write_sci_as_python(out: &mut String, negative: bool, sci: &[u8]) {
+    let at = sci.iter().position(|&b| b == b'e').unwrap_or(sci.len());
+    let (mantissa, exp) = sci.split_at(at);
+    let exp: i32 = std::str::from_utf8(exp.get(1..).unwrap_or_default())
+        .ok()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    // The digits without the point: at most 17, all ASCII.
+    let mut digits = [0u8; 24];
+    let mut n = 0;
+    for &b in mantissa {
+        if b != b'.' && n < digits.len() {
+            digits[n] = b;
+            n += 1;
+        }
+    }
+    let digits = std::str::from_utf8(&digits[..n]).unwrap_or("0");
     if negative {
         out.push('-');
     }
@@ -142,7 +254,7 @@ pub fn py_float_repr(x: f64) -> String {
         if exp >= 0 {
             let int_len = exp as usize + 1;
             if digits.len() <= int_len {
-                out.push_str(&digits);
+                out.push_str(digits);
                 out.extend(std::iter::repeat_n('0', int_len - digits.len()));
                 out.push_str(".0");
             } else {
@@ -153,7 +265,7 @@ pub fn py_float_repr(x: f64) -> String {
         } else {
             out.push_str("0.");
             out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
-            out.push_str(&digits);
+            out.push_str(digits);
         }
     } else {
         out.push_str(&digits[..1]);
@@ -164,19 +276,26 @@ pub fn py_float_repr(x: f64) -> String {
         let sign = if exp < 0 { '-' } else { '+' };
         let _ = write!(out, "e{sign}{:02}", exp.unsigned_abs());
     }
-    out
 }
 
 /// The canonical form of one float: `repr(round(x, 9))`, or an error naming `path` for NaN and
 /// infinities.
 pub fn canonical_float(x: f64, path: &str) -> Result<String, CanonError> {
+    let mut out = String::with_capacity(24);
+    write_float(&mut out, x, path)?;
+    Ok(out)
+}
+
+/// [`canonical_float`] appended to `out`.
+pub fn write_float(out: &mut String, x: f64, path: &str) -> Result<(), CanonError> {
     if !x.is_finite() {
         return Err(CanonError::NonFinite {
             path: path.to_owned(),
             value: x.to_string(),
         });
     }
-    Ok(py_float_repr(py_round(x, FLOAT_DIGITS)))
+    write_py_float_repr(out, py_round(x, FLOAT_DIGITS));
+    Ok(())
 }
 
 /// The canonical JSON text of `v` (see the module documentation for the exact rules).
@@ -201,8 +320,7 @@ fn write_value(out: &mut String, v: &Value, path: &mut String) -> Result<(), Can
             } else if let Some(u) = n.as_u64() {
                 let _ = write!(out, "{u}");
             } else {
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                out.push_str(&canonical_float(f, path)?);
+                write_float(out, n.as_f64().unwrap_or(f64::NAN), path)?;
             }
         }
         Value::String(s) => write_str(out, s),
@@ -245,27 +363,39 @@ fn write_value(out: &mut String, v: &Value, path: &mut String) -> Result<(), Can
 }
 
 /// Writes `s` as a JSON string the way Python's `ensure_ascii=True` encoder does.
-fn write_str(out: &mut String, s: &str) {
+pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
-            _ => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    let _ = write!(out, "\\u{unit:04x}");
-                }
+    // Runs of printable ASCII other than `"` and `\` are copied as they are.
+    let plain = |b: u8| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\';
+    let mut rest = s;
+    while !rest.is_empty() {
+        let run = rest.bytes().position(|b| !plain(b)).unwrap_or(rest.len());
+        out.push_str(&rest[..run]);
+        rest = &rest[run..];
+        let Some(c) = rest.chars().next() else { break };
+        rest = &rest[c.len_utf8()..];
+        write_char(out, c);
+    }
+    out.push('"');
+}
+
+fn write_char(out: &mut String, c: char) {
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\u{08}' => out.push_str("\\b"),
+        '\u{0c}' => out.push_str("\\f"),
+        ' '..='~' => out.push(c),
+        _ => {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
             }
         }
     }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -365,6 +495,56 @@ mod tests {
         });
         let want = r#"{"A":-9223372036854775808,"a":"h\u00e9llo \ud83d\ude00 \"q\" \\ \n\t\u0001\u007f\b\f\r","b":[1,2.0,-3,1e-05,true,null],"\u00e9":{"y":18446744073709551615,"z":0.123456789}}"#;
         assert_eq!(canonical_json(&v).unwrap(), want);
+    }
+
+    /// Every float class the integer rounding must agree with the text rounding on: values
+    /// near ties, subnormals, integers, results near 2^53 units.
+    fn interesting_floats() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<f64>().prop_filter("finite", |x| x.is_finite()),
+            -1e7f64..1e7,
+            -1.0f64..1.0,
+            (any::<i32>(), 0u32..12).prop_map(|(m, k)| f64::from(m) / 10f64.powi(k as i32)),
+            (any::<i64>(), 1u32..20).prop_map(|(m, k)| (m >> 11) as f64 / 2f64.powi(k as i32)),
+            (0u64..1 << 52).prop_map(f64::from_bits),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn integer_rounding_equals_text_rounding(x in interesting_floats(), nd in 0u32..16) {
+            if let Some(r) = round_small(x, nd) {
+                let want = round_by_text(x, nd);
+                proptest::prop_assert_eq!(r.to_bits(), want.to_bits(), "round({:e}, {})", x, nd);
+            }
+        }
+
+        #[test]
+        fn string_runs_are_escaped_as_one_char_at_a_time(s in "\\PC{0,40}|[ -~\\\\\"\\n\\x01\\u{e9}\\u{1f600}]{0,40}") {
+            let mut fast = String::new();
+            write_str(&mut fast, &s);
+            let mut slow = String::from("\"");
+            for c in s.chars() {
+                write_char(&mut slow, c);
+            }
+            slow.push('"');
+            proptest::prop_assert_eq!(fast, slow);
+        }
+    }
+
+    #[test]
+    fn integer_rounding_covers_the_pcs_floats_and_leaves_the_rest_to_text() {
+        assert_eq!(round_small(0.275741330607465, 9), Some(0.275741331));
+        assert_eq!(round_small(2.675, 2), Some(2.67));
+        assert_eq!(
+            round_small(-1e-10, 9).map(f64::to_bits),
+            Some((-0.0f64).to_bits())
+        );
+        assert_eq!(round_small(1e300, 9), Some(1e300));
+        assert_eq!(round_small(1e8, 9), None, "10^17 units is past 2^53");
+        assert_eq!(round_small(0.5, 16), None);
     }
 
     #[test]
