@@ -255,6 +255,11 @@ impl Pcs {
     /// Parses and checks a PCS JSON document; unknown fields are ignored, `sig` and `pcs_id`
     /// may be missing (an unsigned record) and a missing `ft` means the defaults.
     pub fn from_json(text: &str) -> Result<Pcs, Malformed> {
+        // A well-formed record is read straight into its fields; anything the typed reading
+        // does not take is read again as a document, whose checks name the field at fault.
+        if let Some(pcs) = wire::read(text) {
+            return Ok(pcs);
+        }
         let v: Value = serde_json::from_str(text).map_err(|e| {
             Malformed::new("record", "a JSON document", format!("invalid JSON ({e})"))
         })?;
@@ -499,6 +504,143 @@ impl Pcs {
     /// D̂ recomputed from `scales` and `N_j`.
     pub fn recompute_d_hat(&self) -> Result<f64, SignalError> {
         signals::d_hat(&self.scales, &self.n_j)
+    }
+}
+
+/// The typed reading of a PCS document: exactly the records [`Pcs::from_value`] accepts, read
+/// without building a `serde_json::Value`, or `None` (then the document path decides and
+/// explains). Anything not plainly valid is `None`: a repeated key (where the document keeps the
+/// last), a number of the wrong kind, a missing field.
+mod wire {
+    use super::{Ft, Pcs, Regime};
+    use serde::Deserialize;
+    use std::borrow::Cow;
+    use std::fmt::Write as _;
+
+    #[derive(Deserialize)]
+    struct Record<'a> {
+        #[serde(borrow)]
+        pcs_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        schema: Cow<'a, str>,
+        #[serde(borrow)]
+        version: Cow<'a, str>,
+        #[serde(borrow)]
+        shard_id: Cow<'a, str>,
+        epoch: u64,
+        attempt: u64,
+        #[serde(borrow)]
+        sent_at: Cow<'a, str>,
+        seed: u64,
+        scales: Vec<u32>,
+        #[serde(rename = "N_j", borrow, deserialize_with = "pairs")]
+        n_j: Vec<(Cow<'a, str>, u64)>,
+        coh_star: f64,
+        v_star: Vec<f64>,
+        #[serde(rename = "D_hat")]
+        d_hat: f64,
+        r: f64,
+        #[serde(borrow)]
+        regime: Cow<'a, str>,
+        budget: f64,
+        #[serde(borrow)]
+        merkle_root: Cow<'a, str>,
+        #[serde(borrow)]
+        sig: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        ft: Option<WireFt<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct WireFt<'a> {
+        outbox_seq: u64,
+        degraded: bool,
+        #[serde(borrow)]
+        fallbacks: Vec<Cow<'a, str>>,
+        clock_skew_ms: i64,
+    }
+
+    /// `N_j` as its pairs in document order, so a repeated scale is seen (the document path
+    /// keeps the last one of a repeated key).
+    fn pairs<'de, D>(d: D) -> Result<Vec<(Cow<'de, str>, u64)>, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<(Cow<'de, str>, u64)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of counts")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<Cow<'de, str>, u64>()? {
+                    out.push((k, v));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+
+    pub(super) fn read(text: &str) -> Option<Pcs> {
+        // A struct also reads from an array; the document path wants an object.
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        let w: Record<'_> = serde_json::from_str(text).ok()?;
+        if w.n_j.len() != w.scales.len() {
+            return None;
+        }
+        let mut n_j = Vec::with_capacity(w.scales.len());
+        let mut key = String::new();
+        for s in &w.scales {
+            // As many keys as scales, and each scale's key found exactly once: no key repeats
+            // and none is left over.
+            key.clear();
+            let _ = write!(key, "{s}");
+            let mut found = w.n_j.iter().filter(|(k, _)| **k == *key);
+            let (_, count) = found.next()?;
+            if found.next().is_some() {
+                return None;
+            }
+            n_j.push(*count);
+        }
+        let v_star: [f64; 3] = w.v_star.as_slice().try_into().ok()?;
+        let pcs = Pcs {
+            pcs_id: w.pcs_id.map(Cow::into_owned).unwrap_or_default(),
+            schema: w.schema.into_owned(),
+            version: w.version.into_owned(),
+            shard_id: w.shard_id.into_owned(),
+            epoch: w.epoch,
+            attempt: w.attempt,
+            sent_at: w.sent_at.into_owned(),
+            seed: w.seed,
+            scales: w.scales,
+            n_j,
+            coh_star: w.coh_star,
+            v_star,
+            d_hat: w.d_hat,
+            r: w.r,
+            regime: Regime::parse(&w.regime)?,
+            budget: w.budget,
+            merkle_root: w.merkle_root.into_owned(),
+            sig: w.sig.map(Cow::into_owned).unwrap_or_default(),
+            ft: w
+                .ft
+                .map(|f| Ft {
+                    outbox_seq: f.outbox_seq,
+                    degraded: f.degraded,
+                    fallbacks: f.fallbacks.into_iter().map(Cow::into_owned).collect(),
+                    clock_skew_ms: f.clock_skew_ms,
+                })
+                .unwrap_or_default(),
+        };
+        pcs.validate().ok()?;
+        Some(pcs)
     }
 }
 
@@ -1529,6 +1671,7 @@ pub fn build(input: &BuildInput<'_>, params: &Params) -> Result<Pcs, BuildError>
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::json;
 
     fn sample() -> Pcs {
         let values: Vec<f64> = (0..200)
@@ -1598,6 +1741,147 @@ mod tests {
                 (Err(_), Err(_)) => {}
                 _ => proptest::prop_assert!(false, "{:?} against {:?}", direct, general),
             }
+        }
+    }
+
+    /// Applies mutation `op` (with `arg` choosing what) to a PCS document's text.
+    fn mutate(text: &str, op: u8, arg: usize) -> String {
+        const KEYS: [&str; 20] = [
+            "pcs_id",
+            "schema",
+            "version",
+            "shard_id",
+            "epoch",
+            "attempt",
+            "sent_at",
+            "seed",
+            "scales",
+            "N_j",
+            "coh_star",
+            "v_star",
+            "D_hat",
+            "r",
+            "regime",
+            "budget",
+            "merkle_root",
+            "sig",
+            "ft",
+            "extra",
+        ];
+        let values = [
+            json!(null),
+            json!(1),
+            json!(-1),
+            json!(1.5),
+            json!(3.0),
+            json!(u64::MAX),
+            json!("x"),
+            json!([]),
+            json!({}),
+            json!(true),
+            json!([1.0, 2.0]),
+            json!({"2": 1, "4": 2}),
+            json!({"outbox_seq": 1, "degraded": false, "fallbacks": [], "clock_skew_ms": -3}),
+        ];
+        let key = KEYS[arg % KEYS.len()];
+        let mut v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let Some(obj) = v.as_object_mut() else {
+            return text.to_owned();
+        };
+        match op % 8 {
+            0 => {
+                obj.remove(key);
+            }
+            1 => {
+                obj.insert(key.to_owned(), values[arg % values.len()].clone());
+            }
+            2 => {
+                // A repeated key: the document keeps the last.
+                let body = serde_json::to_string(&v).unwrap();
+                let dup = format!(",\"{key}\":{}}}", values[arg % values.len()]);
+                return format!("{}{dup}", &body[..body.len() - 1]);
+            }
+            3 => {
+                if let Some(Value::Object(nj)) = obj.get_mut("N_j") {
+                    match arg % 4 {
+                        0 => {
+                            let k = nj.keys().next().cloned().unwrap_or_default();
+                            let c = nj.remove(&k).unwrap_or(Value::Null);
+                            nj.insert(format!("0{k}"), c);
+                        }
+                        1 => {
+                            nj.insert("99".into(), json!(3));
+                        }
+                        2 => {
+                            let k = nj.keys().next_back().cloned().unwrap_or_default();
+                            nj.remove(&k);
+                        }
+                        _ => {
+                            let k = nj.keys().next().cloned().unwrap_or_default();
+                            nj.insert(k, json!(0));
+                        }
+                    }
+                }
+            }
+            4 => {
+                // An escaped key and an escaped value.
+                let body = serde_json::to_string(&v).unwrap();
+                return body
+                    .replacen("\"shard_id\"", "\"sha\\u0072d_id\"", 1)
+                    .replacen(
+                        "\"regime\":\"",
+                        "\"regime\":\"\\u0073",
+                        usize::from(arg % 2 == 0),
+                    );
+            }
+            5 => {
+                if let Some(Value::Object(ft)) = obj.get_mut("ft") {
+                    let fk = ["outbox_seq", "degraded", "fallbacks", "clock_skew_ms"][arg % 4];
+                    if arg % 3 == 0 {
+                        ft.remove(fk);
+                    } else {
+                        ft.insert(fk.to_owned(), values[arg % values.len()].clone());
+                    }
+                }
+            }
+            6 => return format!("[{text}]"),
+            _ => {
+                obj.insert("unknown_field".into(), json!({"deep": [1, {"x": null}]}));
+            }
+        }
+        serde_json::to_string(&v).unwrap()
+    }
+
+    #[test]
+    fn a_well_formed_record_is_read_by_the_typed_path() {
+        let p = sample();
+        let text = p.to_json();
+        assert_eq!(wire::read(&text), Some(p.clone()));
+        let mut unsigned = p;
+        unsigned.sig.clear();
+        unsigned.ft = Ft::default();
+        assert_eq!(wire::read(&unsigned.to_json()), Some(unsigned));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        /// Whatever the typed reading accepts, the document reading accepts as the same record;
+        /// what it leaves, the document reading decides.
+        #[test]
+        fn the_typed_reading_agrees_with_the_document_reading(
+            ops in proptest::collection::vec((0u8..8, 0usize..64), 0..4),
+        ) {
+            let mut text = sample().to_json();
+            for (op, arg) in ops {
+                text = mutate(&text, op, arg);
+            }
+            let document = serde_json::from_str::<Value>(&text)
+                .map_err(|e| Malformed::new("record", "a JSON document", e.to_string()))
+                .and_then(|v| Pcs::from_value(&v));
+            if let Some(typed) = wire::read(&text) {
+                proptest::prop_assert_eq!(&Ok(typed), &document, "{}", text);
+            }
+            proptest::prop_assert_eq!(Pcs::from_json(&text).ok(), document.ok());
         }
     }
 
