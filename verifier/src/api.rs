@@ -53,13 +53,13 @@ pub struct AppState {
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
+    body_response(status, body.to_string())
+}
+
+/// A response whose body is already JSON text.
+fn body_response(status: u16, json: String) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (code, [(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 fn request_id(headers: &HeaderMap) -> String {
@@ -143,7 +143,7 @@ async fn submit(
             }
             Ok(()) => {
                 let a = state.ingest.submit(kind, &who, &rid, body).await;
-                let mut r = json_response(a.status, &a.body);
+                let mut r = body_response(a.status, a.body.as_str().to_owned());
                 if let Some(s) = a.retry_after {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(s));

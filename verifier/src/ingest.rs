@@ -7,7 +7,7 @@
 //! applied again after a crash finds its own earlier outcome in the store (same WAL sequence)
 //! and is counted as that first application, never as a second one.
 
-use crate::dedup::{Insert, RecordKind, Store, StoreError, StoredOutcome, now_ms};
+use crate::dedup::{Insert, JsonBody, RecordKind, Store, StoreError, StoredOutcome, now_ms};
 use crate::metrics::{
     KindLabels, Metrics, PatternLabels, ReasonLabels, SignalLabels, WorkloadLabels,
 };
@@ -31,19 +31,35 @@ pub struct Answer {
     /// HTTP status.
     pub status: u16,
     /// JSON body.
-    pub body: Value,
+    pub body: JsonBody,
     /// `Retry-After` seconds.
     pub retry_after: Option<u64>,
 }
 
 impl Answer {
-    fn new(status: u16, body: Value) -> Self {
+    fn new(status: u16, body: impl Into<JsonBody>) -> Self {
         Self {
             status,
-            body,
+            body: body.into(),
             retry_after: None,
         }
     }
+}
+
+/// The answer to an accepted or escalated PCS (keys in sorted order, as before).
+#[derive(serde::Serialize)]
+struct PcsAnswer<'a> {
+    alg: Option<coherence_core::pcs::SignAlg>,
+    #[serde(rename = "engineVersion")]
+    engine_version: &'static str,
+    escalations: &'a [coherence_core::pcs::Escalation],
+    id: &'a str,
+    key: Option<String>,
+    kind: &'static str,
+    reasons: Vec<String>,
+    seq: u64,
+    status: &'static str,
+    tolerances: coherence_core::pcs::Tolerances,
 }
 
 enum Effect {
@@ -88,7 +104,7 @@ enum Verdict {
     Valid {
         id: String,
         status: u16,
-        body: Value,
+        body: JsonBody,
         effect: Effect,
     },
 }
@@ -224,7 +240,7 @@ impl Ingest {
                             body: if status == a.status {
                                 body
                             } else {
-                                json!({"status": a.status, "id": id})
+                                json!({"status": a.status, "id": id}).into()
                             },
                         },
                     );
@@ -503,17 +519,21 @@ impl Ingest {
             outcome => Verdict::Valid {
                 id: pcs.pcs_id.clone(),
                 status,
-                body: json!({
-                    "status": if outcome == Outcome::Accepted { "accepted" } else { "escalated" },
-                    "kind": "pcs",
-                    "id": pcs.pcs_id,
-                    "seq": rec.seq,
-                    "alg": report.alg,
-                    "key": report.key.as_ref().map(ToString::to_string),
-                    "reasons": reasons,
-                    "escalations": report.escalations,
-                    "tolerances": self.params.tolerances,
-                    "engineVersion": coherence_core::ENGINE_VERSION,
+                body: JsonBody::of(&PcsAnswer {
+                    alg: report.alg,
+                    engine_version: coherence_core::ENGINE_VERSION,
+                    escalations: &report.escalations,
+                    id: &pcs.pcs_id,
+                    key: report.key.as_ref().map(ToString::to_string),
+                    kind: "pcs",
+                    reasons,
+                    seq: rec.seq,
+                    status: if outcome == Outcome::Accepted {
+                        "accepted"
+                    } else {
+                        "escalated"
+                    },
+                    tolerances: self.params.tolerances,
                 }),
                 effect: Effect::Pcs(pcs, outcome),
             },
@@ -529,7 +549,8 @@ impl Ingest {
                     "status": "accepted", "kind": "signals", "id": r.report_id, "seq": rec.seq,
                     "key": key, "windows": r.windows.len(), "findings": r.findings.len(),
                     "finops": r.finops.len(), "engineVersion": coherence_core::ENGINE_VERSION,
-                }),
+                })
+                .into(),
                 effect: Effect::Signals(r),
             },
             Err(e) => {
@@ -614,11 +635,10 @@ impl Ingest {
                             };
                             self.metrics.dedup_hits.inc();
                             self.record_outcome(rec.seq, o.status, false, &id);
-                            let mut b = o.body.clone();
-                            if let Value::Object(m) = &mut b {
-                                m.insert("duplicate".into(), Value::Bool(true));
-                                m.insert("firstSeq".into(), json!(o.seq));
-                            }
+                            let b = o.body.with_members(&format!(
+                                "{{\"duplicate\":true,\"firstSeq\":{}}}",
+                                o.seq
+                            ));
                             Answer::new(o.status, b)
                         }
                     }
@@ -931,7 +951,8 @@ fn unavailable(seq: u64, why: &str) -> Answer {
             "error": "store_unavailable",
             "message": format!("the dedup store cannot answer ({why}); the body is durable in the WAL (seq {seq}) and will be applied when the store returns"),
             "seq": seq,
-        }),
+        })
+        .into(),
         retry_after: Some(1),
     }
 }

@@ -189,7 +189,7 @@ mod tests {
             kind: RecordKind::Pcs,
             seq,
             at_ms: now_ms(),
-            body: serde_json::json!({"status": status}),
+            body: serde_json::json!({"status": status}).into(),
         }
     }
 

@@ -36,6 +36,69 @@ impl RecordKind {
     }
 }
 
+/// A JSON answer body kept as its text: built once, then stored, copied and sent as it is.
+/// Two bodies are equal when their JSON values are (a store may give back the same object
+/// with its keys in another order or other spacing, as PostgreSQL's `jsonb` does).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonBody(Box<serde_json::value::RawValue>);
+
+impl JsonBody {
+    /// The JSON text of `v`.
+    pub fn of(v: &impl Serialize) -> JsonBody {
+        match serde_json::value::to_raw_value(v) {
+            Ok(raw) => JsonBody(raw),
+            // Only a map with non-string keys has no JSON text; no answer holds one.
+            Err(e) => {
+                JsonBody::of(&serde_json::json!({"error": "internal", "message": e.to_string()}))
+            }
+        }
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The body as a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The body of an object with `extra` (a JSON object's text) appended to its members;
+    /// a body that is not an object is kept as it is.
+    pub fn with_members(&self, extra: &str) -> JsonBody {
+        let text = self.0.get().trim_end();
+        let (Some(head), Some(members)) = (
+            text.strip_suffix('}'),
+            extra
+                .trim()
+                .strip_prefix('{')
+                .and_then(|m| m.strip_suffix('}')),
+        ) else {
+            return self.clone();
+        };
+        let empty = head.trim_end().ends_with('{');
+        let joined = format!("{head}{}{members}}}", if empty { "" } else { "," });
+        match serde_json::value::RawValue::from_string(joined) {
+            Ok(raw) => JsonBody(raw),
+            Err(_) => self.clone(),
+        }
+    }
+}
+
+impl PartialEq for JsonBody {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str() || self.to_value() == other.to_value()
+    }
+}
+
+impl From<serde_json::Value> for JsonBody {
+    fn from(v: serde_json::Value) -> Self {
+        JsonBody::of(&v)
+    }
+}
+
 /// What the first write of an id answered; a duplicate gets the same answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredOutcome {
@@ -48,7 +111,7 @@ pub struct StoredOutcome {
     /// When it was first applied, ms since the epoch.
     pub at_ms: i64,
     /// The JSON body of the first answer.
-    pub body: serde_json::Value,
+    pub body: JsonBody,
 }
 
 /// The result of an insert.
@@ -149,4 +212,47 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn members_are_appended_to_an_object_and_nothing_else() {
+        let b = JsonBody::of(&json!({"status": "accepted", "seq": 4}));
+        let d = b.with_members(r#"{"duplicate":true,"firstSeq":4}"#);
+        assert_eq!(
+            d.to_value(),
+            json!({"status": "accepted", "seq": 4, "duplicate": true, "firstSeq": 4})
+        );
+        let empty = JsonBody::of(&json!({})).with_members(r#"{"a":1}"#);
+        assert_eq!(empty.as_str(), r#"{"a":1}"#);
+        let list = JsonBody::of(&json!([1, 2]));
+        assert_eq!(list.with_members(r#"{"a":1}"#).as_str(), "[1,2]");
+    }
+
+    #[test]
+    fn bodies_are_equal_as_json_values() {
+        let a: JsonBody =
+            serde_json::from_str(r#"{"b": 1, "a": [2.5, "x"]}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a, JsonBody::of(&json!({"a": [2.5, "x"], "b": 1})));
+        assert_ne!(a, JsonBody::of(&json!({"a": [2.5, "x"], "b": 2})));
+        // A stored outcome is written and read back with its body as embedded JSON.
+        let o = StoredOutcome {
+            status: 202,
+            kind: RecordKind::Pcs,
+            seq: 9,
+            at_ms: 1,
+            body: a.clone(),
+        };
+        let text = serde_json::to_string(&o).unwrap_or_default();
+        assert!(
+            text.contains(r#""body":{"b": 1, "a": [2.5, "x"]}"#),
+            "{text}"
+        );
+        let back: StoredOutcome = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, o);
+    }
 }

@@ -22,7 +22,9 @@ pub fn outcome(status: u16, seq: u64) -> StoredOutcome {
         kind: RecordKind::Pcs,
         seq,
         at_ms: coherence_verifier::dedup::now_ms(),
-        body: serde_json::json!({"status": status, "seq": seq, "note": "é ✓", "x": 0.1, "n": [1, 2]}),
+        body:
+            serde_json::json!({"status": status, "seq": seq, "note": "é ✓", "x": 0.1, "n": [1, 2]})
+                .into(),
     }
 }
 
