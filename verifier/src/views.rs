@@ -59,7 +59,38 @@ pub struct PcsView {
     /// Records rejected (400/401/403) that named this workload.
     pub rejected: u64,
     /// The newest PCS applied.
-    pub last: Option<Value>,
+    pub last: Option<LastPcs>,
+}
+
+/// The newest PCS of a workload, as `GET /v1/workloads/{namespace}/{workload}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastPcs {
+    /// D̂ as claimed.
+    #[serde(rename = "D_hat")]
+    pub d_hat: f64,
+    /// Budget as claimed.
+    pub budget: f64,
+    /// coh★ as claimed.
+    pub coh_star: f64,
+    /// Window number.
+    pub epoch: u64,
+    /// Accepted or escalated.
+    pub outcome: Outcome,
+    /// The record's id.
+    pub pcs_id: String,
+    /// The pod part of its `shard_id`.
+    pub pod: String,
+    /// Compression ratio as claimed.
+    pub r: f64,
+    /// When it was received (RFC 3339 on the wire).
+    #[serde(rename = "receivedAt", serialize_with = "rfc3339_field")]
+    pub received_ms: i64,
+    /// Regime as claimed.
+    pub regime: coherence_core::signals::Regime,
+}
+
+fn rfc3339_field<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
 }
 
 /// One point of a workload's history: the state right after one signal report was applied.
@@ -304,18 +335,20 @@ impl Views {
                 return;
             }
         }
-        let newer = v
-            .pcs
-            .last
-            .as_ref()
-            .and_then(|l| l.get("epoch").and_then(Value::as_u64))
-            .is_none_or(|e| e <= pcs.epoch);
+        let newer = v.pcs.last.as_ref().is_none_or(|l| l.epoch <= pcs.epoch);
         if newer {
-            v.pcs.last = Some(json!({
-                "pcs_id": pcs.pcs_id, "pod": pod, "epoch": pcs.epoch, "D_hat": pcs.d_hat,
-                "coh_star": pcs.coh_star, "r": pcs.r, "regime": pcs.regime, "budget": pcs.budget,
-                "outcome": outcome, "receivedAt": rfc3339(received_ms),
-            }));
+            v.pcs.last = Some(LastPcs {
+                d_hat: pcs.d_hat,
+                budget: pcs.budget,
+                coh_star: pcs.coh_star,
+                epoch: pcs.epoch,
+                outcome,
+                pcs_id: pcs.pcs_id.clone(),
+                pod: pod.to_owned(),
+                r: pcs.r,
+                received_ms,
+                regime: pcs.regime,
+            });
         }
     }
 
@@ -463,4 +496,48 @@ fn push_capped<T>(q: &mut VecDeque<T>, item: T, cap: usize) {
         q.pop_front();
     }
     q.push_back(item);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use coherence_core::pcs::{BuildInput, Params, build};
+
+    fn pcs(epoch: u64) -> Pcs {
+        let values: Vec<f64> = (0..64).map(|i| f64::from(i % 7) + 1.0).collect();
+        let events: Vec<Vec<u8>> = vec![b"e".to_vec()];
+        build(
+            &BuildInput {
+                values: &values,
+                events: &events,
+                shard_id: "shop/web/web-1",
+                epoch,
+                attempt: 1,
+                sent_at: "2026-11-01T00:00:00Z",
+                seed: 7,
+                scales: &[2, 4, 8],
+            },
+            &Params::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_newest_pcs_is_kept_and_shown_with_its_claims_and_receipt_time() {
+        let mut v = Views::default();
+        let newer = pcs(5);
+        v.apply_pcs(&newer, Outcome::Accepted, 1_700_000_000_000);
+        v.apply_pcs(&pcs(3), Outcome::Escalated, 1_700_000_001_000);
+        let s = v.summary("shop", "web").unwrap();
+        let last = &s["pcs"]["last"];
+        assert_eq!(last["epoch"], 5, "{s}");
+        assert_eq!(last["pcs_id"], newer.pcs_id.as_str());
+        assert_eq!(last["pod"], "web-1");
+        assert_eq!(last["outcome"], "accepted");
+        assert_eq!(last["D_hat"], newer.d_hat);
+        assert_eq!(last["receivedAt"], "2023-11-14T22:13:20Z");
+        assert_eq!(s["pcs"]["accepted"], 1);
+        assert_eq!(s["pcs"]["escalated"], 1);
+    }
 }
