@@ -59,7 +59,7 @@ struct PcsAnswer<'a> {
     reasons: Vec<String>,
     seq: u64,
     status: &'static str,
-    tolerances: coherence_core::pcs::Tolerances,
+    tolerances: &'a JsonBody,
 }
 
 enum Effect {
@@ -130,6 +130,8 @@ pub struct Ingest {
     keys: Verifier,
     sigs: Option<SigBatcher>,
     params: Params,
+    /// `params.tolerances` as JSON, written once: every accepted answer carries it.
+    tolerances_json: JsonBody,
     views: Mutex<Views>,
     metrics: Metrics,
     pending: Mutex<BTreeMap<u64, BodyRecord>>,
@@ -210,6 +212,7 @@ impl Ingest {
             store,
             sigs,
             keys: cfg.keys,
+            tolerances_json: JsonBody::of(&cfg.params.tolerances),
             params: cfg.params,
             views: Mutex::new(Views::default()),
             metrics,
@@ -533,7 +536,7 @@ impl Ingest {
                     } else {
                         "escalated"
                     },
-                    tolerances: self.params.tolerances,
+                    tolerances: &self.tolerances_json,
                 }),
                 effect: Effect::Pcs(pcs, outcome),
             },
