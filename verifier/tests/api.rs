@@ -14,7 +14,7 @@ use coherence_verifier::limit::RateLimiter;
 use coherence_verifier::metrics::Metrics;
 use coherence_verifier::wal::WalConfig;
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,9 +189,43 @@ async fn verdicts_duplicates_and_metrics() {
         "the second (rotated-in) key verified it"
     );
 
+    // The answer carries what was decided, by which key, against which tolerances.
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "alg",
+            "engineVersion",
+            "escalations",
+            "id",
+            "key",
+            "kind",
+            "reasons",
+            "seq",
+            "status",
+            "tolerances"
+        ],
+        "{v}"
+    );
+    assert_eq!(
+        (&v["status"], &v["kind"], &v["alg"]),
+        (&json!("accepted"), &json!("pcs"), &json!("hmac"))
+    );
+    assert_eq!(
+        v["tolerances"],
+        serde_json::to_value(Params::default().tolerances).unwrap()
+    );
+    let first = v;
+
     let (s, v, _) = call(&h.app, Some(SHOP), "POST", "/v1/pcs/submit", body.clone()).await;
     assert_eq!(s, 200);
     assert_eq!(v["duplicate"], true);
+    // The duplicate is the first answer and where it was first applied.
+    let mut want = first.clone();
+    want["duplicate"] = json!(true);
+    want["firstSeq"] = first["seq"].clone();
+    assert_eq!(v, want);
 
     // Escalated: a claim that recomputation does not confirm, correctly signed.
     let mut e = make_pcs("shop/checkout/checkout-0", 2);
