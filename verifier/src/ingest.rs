@@ -46,7 +46,7 @@ impl Answer {
     }
 }
 
-/// The answer to an accepted or escalated PCS (keys in sorted order, as before).
+/// The answer to an accepted or escalated PCS, its keys in sorted order.
 #[derive(serde::Serialize)]
 struct PcsAnswer<'a> {
     alg: Option<coherence_core::pcs::SignAlg>,
