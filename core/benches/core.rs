@@ -12,6 +12,7 @@
 //! | `pcs/build` | [`pcs::build`] of a 360-value window whose events are the canonical JSON bytes of each point |
 //! | `pcs/sign` | signing that record (canonical subset, SHA-256, then HMAC-SHA256 or Ed25519) |
 //! | `pcs/verify` | [`Verifier::verify`] of the signed record: signature, `pcs_id`, recomputed `D_hat`, budget and regime |
+//! | `pcs/ed25519_batch` | `verify_signatures/N`: [`Verifier::verify_signatures`] of N good Ed25519 signatures of one key (base64, as records carry them), as the verifier checks those of concurrent requests; `dalek_verify_batch/N`: `ed25519_dalek::verify_batch` of the same N signatures (already decoded), the peer. N = 1 is the single strict check |
 //! | `collect/analyze_10k_lines` | a [`Collector`] fed 10,000 simulated records (3 hosts, through the cascade), then `finish` (medians, FinOps, detectors, incidents); JSON parsing is not included |
 //! | `kernel/rolling_1h_8_signals_1m` | the statistics kernel alone: rolling 1 h mean and sample stdev of the 8 signals at every sample, per host, over 1,000,230 simulated samples (3 hosts), by [`rolling_rows_into`] on one thread, output buffers kept across iterations |
 //! | `kernel/rolling_1h_8_signals_1m_par` | the same by [`rolling_rows_par_into`] on every core (each host's rows split at block boundaries) — the Rust side of `bench/compare.sh`'s kernel ratio against pandas' `rolling("1h").mean()/std()` (its `rolling_kernel` phase) |
@@ -221,6 +222,52 @@ fn pcs_benches(c: &mut Criterion) {
         );
         g.bench_with_input(BenchmarkId::from_parameter(name), &signed, |b, p| {
             b.iter(|| black_box(verifier.verify(black_box(p), &params)))
+        });
+    }
+    g.finish();
+
+    // Ed25519 signatures of one key checked together, as the verifier checks those of
+    // concurrent requests, beside ed25519-dalek's own batch check of the same signatures.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let verifier = Verifier::ed25519(vec![key.verifying_key()]);
+    let messages: Vec<[u8; 32]> = (0..64u64)
+        .map(|i| {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(i.to_le_bytes()).into()
+        })
+        .collect();
+    let sigs: Vec<ed25519_dalek::Signature> = messages
+        .iter()
+        .map(|m| ed25519_dalek::Signer::sign(&key, m))
+        .collect();
+    let b64: Vec<String> = sigs
+        .iter()
+        .map(|s| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(s.to_bytes())
+        })
+        .collect();
+    let mut g = c.benchmark_group("pcs/ed25519_batch");
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(2));
+    for n in [1usize, 2, 4, 8, 16, 64] {
+        g.throughput(Throughput::Elements(n as u64));
+        let items: Vec<([u8; 32], &str)> = messages[..n]
+            .iter()
+            .zip(&b64)
+            .map(|(m, s)| (*m, s.as_str()))
+            .collect();
+        assert!(
+            verifier.verify_signatures(&items).iter().all(Result::is_ok),
+            "a batch of good signatures must verify before it is timed"
+        );
+        g.bench_with_input(BenchmarkId::new("verify_signatures", n), &items, |b, it| {
+            b.iter(|| black_box(verifier.verify_signatures(black_box(it))))
+        });
+        let msgs: Vec<&[u8]> = messages[..n].iter().map(|m| &m[..]).collect();
+        let keys = vec![key.verifying_key(); n];
+        g.bench_with_input(BenchmarkId::new("dalek_verify_batch", n), &n, |b, &n| {
+            b.iter(|| black_box(ed25519_dalek::verify_batch(&msgs, &sigs[..n], &keys)))
         });
     }
     g.finish();
