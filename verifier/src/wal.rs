@@ -614,6 +614,10 @@ struct Queue {
     /// The writer waits with nothing to do and no timer: the next command wakes it, whatever
     /// it is, and starts the [`LAZY_FLUSH`] timer.
     sleeping: bool,
+    /// The writer waits on the condition variable (asleep, or for the [`LAZY_FLUSH`] timer)
+    /// and no one has woken it yet. While it writes or syncs it is not waiting: it looks at
+    /// the queue before it waits again, so a push then needs no wake-up (a system call).
+    waiting: bool,
 }
 
 /// What the writer takes from the [`Inbox`] in one go.
@@ -641,8 +645,11 @@ impl Inbox {
         if waited {
             q.waited += 1;
         }
-        let wake = waited || q.sleeping;
+        let wake = q.sleeping || (waited && q.waiting);
         q.sleeping = false;
+        if wake {
+            q.waiting = false;
+        }
         drop(q);
         if wake {
             self.wake.notify_one();
@@ -660,8 +667,10 @@ impl Inbox {
         while q.waited == 0 && q.senders > 0 {
             if q.cmds.is_empty() && !unsynced {
                 q.sleeping = true;
+                q.waiting = true;
                 q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
                 q.sleeping = false;
+                q.waiting = false;
                 deadline = Instant::now() + LAZY_FLUSH;
                 continue;
             }
@@ -670,11 +679,13 @@ impl Inbox {
                 flush = true;
                 break;
             }
+            q.waiting = true;
             q = self
                 .wake
                 .wait_timeout(q, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            q.waiting = false;
         }
         let n = q.cmds.len().min(max.max(1));
         let cmds: Vec<Cmd> = q.cmds.drain(..n).collect();
