@@ -2069,6 +2069,28 @@ mod tests {
         }
     }
 
+    /// The `i`-th test message and a signature of it by `key`, damaged as `damage` says: 0 not
+    /// at all, 1 byte `at` of the signature xor `x`, 2 byte `at % 32` of the message xor `x`,
+    /// 3 `s` made non-canonical, 4 signed by another key.
+    fn damaged_item(
+        key: &SigningKey,
+        i: usize,
+        damage: u8,
+        at: usize,
+        x: u8,
+    ) -> ([u8; 32], [u8; 64]) {
+        let mut msg: [u8; 32] = Sha256::digest((i as u64).to_le_bytes()).into();
+        let mut sig = key.sign(&msg).to_bytes();
+        match damage {
+            1 => sig[at] ^= x,
+            2 => msg[at % 32] ^= x,
+            3 => add_group_order(&mut sig),
+            4 => sig = SigningKey::from_bytes(&[13; 32]).sign(&msg).to_bytes(),
+            _ => {}
+        }
+        (msg, sig)
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
         /// Any batch of good signatures and signatures with bytes changed gets, item by item,
@@ -2083,15 +2105,8 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, &(kind, at, x))| {
-                    let m: [u8; 32] = Sha256::digest((i as u64).to_le_bytes()).into();
-                    let mut sig = key.sign(&m).to_bytes();
                     // Kind 0 and 1 stay good; 2 changes a byte of the signature, 3 of the message.
-                    let mut msg = m;
-                    match kind {
-                        2 => sig[at] ^= x,
-                        3 => msg[at % 32] ^= x,
-                        _ => {}
-                    }
+                    let (msg, sig) = damaged_item(&key, i, [0, 0, 1, 2][usize::from(kind)], at, x);
                     (msg, B64.encode(sig))
                 })
                 .collect();
@@ -2117,17 +2132,9 @@ mod tests {
             let mut messages: Vec<[u8; 32]> = Vec::new();
             let mut sigs: Vec<ed25519_dalek::Signature> = Vec::new();
             for (i, &(kind, at, x)) in damage.iter().enumerate() {
-                let m: [u8; 32] = Sha256::digest((i as u64).to_le_bytes()).into();
-                let mut sig = key.sign(&m).to_bytes();
-                let mut msg = m;
-                match kind {
-                    // 0..=3 stay good.
-                    4 => sig[at] ^= x,
-                    5 => msg[at % 32] ^= x,
-                    6 => add_group_order(&mut sig),
-                    7 => sig = SigningKey::from_bytes(&[13; 32]).sign(&m).to_bytes(),
-                    _ => {}
-                }
+                // Kinds 0 to 3 stay good; 4 to 7 are the four kinds of damage.
+                let (msg, sig) =
+                    damaged_item(&key, i, [0, 0, 0, 0, 1, 2, 3, 4][usize::from(kind)], at, x);
                 messages.push(msg);
                 sigs.push(ed25519_dalek::Signature::from_bytes(&sig));
             }
