@@ -121,6 +121,23 @@ async fn harness(dir: &Path, rate: f64, body_limit: usize) -> Harness {
     }
 }
 
+impl Harness {
+    /// `GET path` as a caller allowed everywhere.
+    async fn get(&self, path: &str) -> (u16, Value, Option<String>) {
+        call(&self.app, Some(ALL), "GET", path, vec![]).await
+    }
+
+    /// `POST path` with `body` as `caller` (`None`: a certificate without an identity).
+    async fn post(
+        &self,
+        caller: Option<&str>,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value, Option<String>) {
+        call(&self.app, caller, "POST", path, body).await
+    }
+}
+
 async fn call(
     app: &axum::Router,
     caller: Option<&str>,
@@ -181,7 +198,7 @@ async fn verdicts_duplicates_and_metrics() {
     let p = make_pcs("shop/checkout/checkout-0", 1);
     let body = p.to_json().into_bytes();
 
-    let (s, v, _) = call(&h.app, Some(SHOP), "POST", "/v1/pcs/submit", body.clone()).await;
+    let (s, v, _) = h.post(Some(SHOP), "/v1/pcs/submit", body.clone()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["id"], p.pcs_id);
     assert_eq!(
@@ -218,7 +235,7 @@ async fn verdicts_duplicates_and_metrics() {
     );
     let first = v;
 
-    let (s, v, _) = call(&h.app, Some(SHOP), "POST", "/v1/pcs/submit", body.clone()).await;
+    let (s, v, _) = h.post(Some(SHOP), "/v1/pcs/submit", body.clone()).await;
     assert_eq!(s, 200);
     assert_eq!(v["duplicate"], true);
     // The duplicate is the first answer and where it was first applied.
@@ -231,93 +248,53 @@ async fn verdicts_duplicates_and_metrics() {
     let mut e = make_pcs("shop/checkout/checkout-0", 2);
     e.d_hat += 0.5;
     signer().sign(&mut e).unwrap();
-    let (s, v, _) = call(
-        &h.app,
-        Some(SHOP),
-        "POST",
-        "/v1/pcs/submit",
-        e.to_json().into_bytes(),
-    )
-    .await;
+    let (s, v, _) = h
+        .post(Some(SHOP), "/v1/pcs/submit", e.to_json().into_bytes())
+        .await;
     assert_eq!(s, 202, "{v}");
     assert!(v["reasons"][0].as_str().unwrap().contains("D_hat"), "{v}");
     // The duplicate of an escalated record keeps 202.
-    let (s, _, _) = call(
-        &h.app,
-        Some(SHOP),
-        "POST",
-        "/v1/pcs/submit",
-        e.to_json().into_bytes(),
-    )
-    .await;
+    let (s, _, _) = h
+        .post(Some(SHOP), "/v1/pcs/submit", e.to_json().into_bytes())
+        .await;
     assert_eq!(s, 202);
 
     // Tampered after signing.
     let mut t = make_pcs("shop/checkout/checkout-0", 3);
     t.coh_star = (t.coh_star + 0.01).min(1.0);
-    let (s, v, _) = call(
-        &h.app,
-        Some(SHOP),
-        "POST",
-        "/v1/pcs/submit",
-        t.to_json().into_bytes(),
-    )
-    .await;
+    let (s, v, _) = h
+        .post(Some(SHOP), "/v1/pcs/submit", t.to_json().into_bytes())
+        .await;
     assert_eq!(s, 401, "{v}");
 
     // Malformed: the field is named.
     let mut m: Value =
         serde_json::from_str(&make_pcs("shop/checkout/checkout-0", 4).to_json()).unwrap();
     m["N_j"] = Value::from("lots");
-    let (s, v, _) = call(
-        &h.app,
-        Some(SHOP),
-        "POST",
-        "/v1/pcs/submit",
-        m.to_string().into_bytes(),
-    )
-    .await;
+    let (s, v, _) = h
+        .post(Some(SHOP), "/v1/pcs/submit", m.to_string().into_bytes())
+        .await;
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["field"], "N_j");
-    let (s, v, _) = call(
-        &h.app,
-        Some(SHOP),
-        "POST",
-        "/v1/pcs/submit",
-        b"{not json".to_vec(),
-    )
-    .await;
+    let (s, v, _) = h
+        .post(Some(SHOP), "/v1/pcs/submit", b"{not json".to_vec())
+        .await;
     assert_eq!(s, 400, "{v}");
 
     // Another namespace's record.
     let other = make_pcs("payments/api/api-0", 1);
-    let (s, v, _) = call(
-        &h.app,
-        Some(SHOP),
-        "POST",
-        "/v1/pcs/submit",
-        other.to_json().into_bytes(),
-    )
-    .await;
+    let (s, v, _) = h
+        .post(Some(SHOP), "/v1/pcs/submit", other.to_json().into_bytes())
+        .await;
     assert_eq!(s, 403, "{v}");
-    let (s, _, _) = call(
-        &h.app,
-        Some(ALL),
-        "POST",
-        "/v1/pcs/submit",
-        other.to_json().into_bytes(),
-    )
-    .await;
+    let (s, _, _) = h
+        .post(Some(ALL), "/v1/pcs/submit", other.to_json().into_bytes())
+        .await;
     assert_eq!(s, 200, "namespace * may submit anywhere");
     // A certificate without an identity.
-    let (s, _, _) = call(
-        &h.app,
-        None,
-        "POST",
-        "/v1/pcs/submit",
-        other.to_json().into_bytes(),
-    )
-    .await;
+    let (s, _, _) = h
+        .post(None, "/v1/pcs/submit", other.to_json().into_bytes())
+        .await;
     assert_eq!(s, 403);
 
     let text = metrics_text(&h).await;
@@ -332,14 +309,7 @@ async fn verdicts_duplicates_and_metrics() {
     );
 
     // The stored outcome can be looked up.
-    let (s, v, _) = call(
-        &h.app,
-        Some(ALL),
-        "GET",
-        &format!("/v1/records/{}", p.pcs_id),
-        vec![],
-    )
-    .await;
+    let (s, v, _) = h.get(&format!("/v1/records/{}", p.pcs_id)).await;
     assert_eq!((s, v["status"].as_u64()), (200, Some(200)));
 }
 
@@ -347,14 +317,7 @@ async fn verdicts_duplicates_and_metrics() {
 async fn body_limit_and_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     let h = harness(dir.path(), 2.0, 1024).await;
-    let (s, v, _) = call(
-        &h.app,
-        Some(ALL),
-        "POST",
-        "/v1/pcs/submit",
-        vec![b' '; 2048],
-    )
-    .await;
+    let (s, v, _) = h.post(Some(ALL), "/v1/pcs/submit", vec![b' '; 2048]).await;
     assert_eq!(s, 413, "{v}");
     assert_eq!(v["limit"], 1024);
     let p = make_pcs("shop/checkout/checkout-0", 1)
@@ -363,7 +326,7 @@ async fn body_limit_and_rate_limit() {
     let mut codes = Vec::new();
     let mut retry = None;
     for _ in 0..6 {
-        let (s, _, r) = call(&h.app, Some(SHOP), "POST", "/v1/pcs/submit", p.clone()).await;
+        let (s, _, r) = h.post(Some(SHOP), "/v1/pcs/submit", p.clone()).await;
         codes.push(s);
         retry = retry.or(r);
     }
@@ -371,7 +334,7 @@ async fn body_limit_and_rate_limit() {
     assert_eq!(&codes[..4], &[200, 200, 200, 200], "{codes:?}");
     assert!(codes[4..].iter().all(|c| *c == 429), "{codes:?}");
     assert_eq!(retry.as_deref(), Some("1"));
-    let (s, _, _) = call(&h.app, Some(ALL), "POST", "/v1/pcs/submit", p).await;
+    let (s, _, _) = h.post(Some(ALL), "/v1/pcs/submit", p).await;
     assert_eq!(s, 200);
 }
 
@@ -381,38 +344,25 @@ async fn restart_remembers_outcomes_and_rebuilds_workloads() {
     let p = make_pcs("shop/checkout/checkout-0", 1);
     {
         let h = harness(dir.path(), 0.0, 65_536).await;
-        let (s, _, _) = call(
-            &h.app,
-            Some(SHOP),
-            "POST",
-            "/v1/pcs/submit",
-            p.to_json().into_bytes(),
-        )
-        .await;
+        let (s, _, _) = h
+            .post(Some(SHOP), "/v1/pcs/submit", p.to_json().into_bytes())
+            .await;
         assert_eq!(s, 200);
         for (pod, risk) in [
             ("checkout-0", DriftRisk::Low),
             ("checkout-1", DriftRisk::High),
         ] {
             let r = make_report(&format!("shop/checkout/{pod}"), 1, risk);
-            let (s, v, _) = call(
-                &h.app,
-                Some(SHOP),
-                "POST",
-                "/v1/signals/submit",
-                serde_json::to_vec(&r).unwrap(),
-            )
-            .await;
+            let (s, v, _) = h
+                .post(
+                    Some(SHOP),
+                    "/v1/signals/submit",
+                    serde_json::to_vec(&r).unwrap(),
+                )
+                .await;
             assert_eq!(s, 200, "{v}");
         }
-        let (s, v, _) = call(
-            &h.app,
-            Some(ALL),
-            "GET",
-            "/v1/workloads/shop/checkout",
-            vec![],
-        )
-        .await;
+        let (s, v, _) = h.get("/v1/workloads/shop/checkout").await;
         assert_eq!(s, 200);
         assert_eq!(v["driftRisk"], "high", "{v}");
         assert_eq!(v["pcs"]["accepted"], 1);
@@ -420,44 +370,25 @@ async fn restart_remembers_outcomes_and_rebuilds_workloads() {
         // No snapshot: the restart must rebuild from the WAL alone.
     }
     let h = harness(dir.path(), 0.0, 65_536).await;
-    let (s, v, _) = call(
-        &h.app,
-        Some(SHOP),
-        "POST",
-        "/v1/pcs/submit",
-        p.to_json().into_bytes(),
-    )
-    .await;
+    let (s, v, _) = h
+        .post(Some(SHOP), "/v1/pcs/submit", p.to_json().into_bytes())
+        .await;
     assert_eq!(s, 200);
     assert_eq!(
         v["duplicate"], true,
         "the restarted verifier remembers the id: {v}"
     );
-    let (s, v, _) = call(
-        &h.app,
-        Some(ALL),
-        "GET",
-        "/v1/workloads/shop/checkout",
-        vec![],
-    )
-    .await;
+    let (s, v, _) = h.get("/v1/workloads/shop/checkout").await;
     assert_eq!(s, 200);
     assert_eq!(v["driftRisk"], "high", "{v}");
     assert_eq!(v["pods"].as_array().unwrap().len(), 2);
     assert_eq!(v["pcs"]["accepted"], 1);
     assert_eq!(v["finops"]["samples"], 24);
     assert_eq!(v["meta"]["engineVersion"], coherence_core::ENGINE_VERSION);
-    let (s, v, _) = call(&h.app, Some(ALL), "GET", "/v1/workloads", vec![]).await;
+    let (s, v, _) = h.get("/v1/workloads").await;
     assert_eq!(s, 200);
     assert_eq!(v["workloads"][0]["workload"], "checkout");
-    let (s, _, _) = call(
-        &h.app,
-        Some(ALL),
-        "GET",
-        "/v1/workloads/shop/nothing",
-        vec![],
-    )
-    .await;
+    let (s, _, _) = h.get("/v1/workloads/shop/nothing").await;
     assert_eq!(s, 404);
     let text = metrics_text(&h).await;
     assert!(
@@ -492,27 +423,13 @@ async fn bodies_without_an_outcome_are_applied_once_at_startup() {
     assert!(ready, "{detail}");
     assert_eq!(detail["replay"]["unapplied"], 2, "{detail}");
     assert_eq!(detail["replay"]["appliedAtStart"], 2, "{detail}");
-    let (s, v, _) = call(
-        &h.app,
-        Some(ALL),
-        "GET",
-        "/v1/workloads/shop/checkout",
-        vec![],
-    )
-    .await;
+    let (s, v, _) = h.get("/v1/workloads/shop/checkout").await;
     assert_eq!(s, 200);
     assert_eq!(
         v["pcs"]["accepted"], 1,
         "the second copy is a duplicate: {v}"
     );
-    let (s, v, _) = call(
-        &h.app,
-        Some(ALL),
-        "GET",
-        &format!("/v1/records/{}", p.pcs_id),
-        vec![],
-    )
-    .await;
+    let (s, v, _) = h.get(&format!("/v1/records/{}", p.pcs_id)).await;
     assert_eq!(s, 200);
     assert_eq!(v["seq"], 1, "the first body is the one applied: {v}");
 }
