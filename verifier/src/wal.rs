@@ -620,6 +620,20 @@ struct Queue {
     waiting: bool,
 }
 
+impl Queue {
+    /// Whether a command just queued must wake the writer (`waited`: someone waits for it).
+    /// The writer is woken once: the flags are cleared here, so the pushes that follow,
+    /// before it runs, make no wake-up call of their own.
+    fn wake_for(&mut self, waited: bool) -> bool {
+        let wake = self.sleeping || (waited && self.waiting);
+        self.sleeping = false;
+        if wake {
+            self.waiting = false;
+        }
+        wake
+    }
+}
+
 /// What the writer takes from the [`Inbox`] in one go.
 struct Take {
     cmds: Vec<Cmd>,
@@ -645,11 +659,7 @@ impl Inbox {
         if waited {
             q.waited += 1;
         }
-        let wake = q.sleeping || (waited && q.waiting);
-        q.sleeping = false;
-        if wake {
-            q.waiting = false;
-        }
+        let wake = q.wake_for(waited);
         drop(q);
         if wake {
             self.wake.notify_one();
@@ -1332,6 +1342,30 @@ mod tests {
             request_id: format!("r{seq}"),
             body: Bytes::from(text.to_owned()),
         }
+    }
+
+    #[test]
+    fn the_writer_is_woken_once_and_only_while_it_waits() {
+        // Busy writing or syncing: it looks at the queue before waiting again.
+        let mut busy = Queue::default();
+        assert!(!busy.wake_for(true) && !busy.wake_for(false));
+        // Asleep: any command wakes it, once.
+        let mut asleep = Queue {
+            sleeping: true,
+            waiting: true,
+            ..Queue::default()
+        };
+        assert!(asleep.wake_for(false));
+        assert!(!asleep.wake_for(true), "already woken");
+        // On the lazy-flush timer: an outcome record lets it wait; an append someone waits
+        // for wakes it, once.
+        let mut timed = Queue {
+            waiting: true,
+            ..Queue::default()
+        };
+        assert!(!timed.wake_for(false));
+        assert!(timed.wake_for(true));
+        assert!(!timed.wake_for(true), "already woken");
     }
 
     fn read_all(dir: &Path) -> (Vec<Entry>, ReplayReport) {
