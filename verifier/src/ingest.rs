@@ -1,7 +1,8 @@
-//! The ingest path: WAL append (durable, before parsing) → parse → caller's namespace →
-//! verify → dedup → effects → outcome record.
+//! The ingest path: WAL append (written to the segment before parsing) → parse → caller's
+//! namespace → verify (while the append's fdatasync runs) → durable → dedup → effects →
+//! outcome record.
 //!
-//! A body is acknowledged only once it is durable. When the dedup store cannot answer, the
+//! A body is acknowledged, stored or counted only once it is durable. When the dedup store cannot answer, the
 //! body stays in the WAL as *pending*, the caller gets 503 with `Retry-After`, and a background
 //! loop applies pending bodies in order once the store is back. Applying is idempotent: a body
 //! applied again after a crash finds its own earlier outcome in the store (same WAL sequence)
@@ -304,34 +305,29 @@ impl Ingest {
             .inc();
         let at_ms = now_ms();
         let inflight = self.inflight.clone();
-        let seq = match self
-            .wal
-            .append_body_tracked(
-                kind,
-                identity,
-                request_id,
-                body.clone(),
-                at_ms,
-                move |seq| {
-                    lock(&inflight).insert(seq);
-                },
-            )
-            .await
-        {
-            Ok(seq) => seq,
-            Err(e) => {
-                tracing::error!(error = %e, "WAL append failed");
-                let mut a = Answer::new(
-                    503,
-                    json!({"error": "wal_unavailable", "message": e.to_string()}),
-                );
-                a.retry_after = Some(5);
-                return a;
-            }
+        let wal_failed = |e: WalError| {
+            tracing::error!(error = %e, "WAL append failed");
+            let mut a = Answer::new(
+                503,
+                json!({"error": "wal_unavailable", "message": e.to_string()}),
+            );
+            a.retry_after = Some(5);
+            a
         };
-        self.metrics
-            .wal_bytes
-            .set(self.wal.stats().bytes.load(Ordering::Relaxed) as i64);
+        let mut appending = match self.wal.queue_body(
+            kind,
+            identity,
+            request_id,
+            body.clone(),
+            at_ms,
+            move |seq| {
+                lock(&inflight).insert(seq);
+            },
+        ) {
+            Ok(a) => a,
+            Err(e) => return wal_failed(e),
+        };
+        let seq = appending.seq();
         let rec = BodyRecord {
             seq,
             at_ms,
@@ -340,9 +336,25 @@ impl Ingest {
             request_id: request_id.to_owned(),
             body,
         };
+        // The body is in the segment file before anything parses it, so a crash of the process
+        // cannot lose it; it is parsed and its signature checked while the group commit's
+        // fdatasync runs. Nothing is stored, counted or answered before the record is durable.
+        // (A failed write is answered below with the error the durable wait reports.)
+        let verdict = if appending.written().await.is_ok() {
+            Some(self.evaluate_live(&rec).await)
+        } else {
+            None
+        };
+        if let Err(e) = appending.durable().await {
+            lock(&self.inflight).remove(&seq);
+            return wal_failed(e);
+        }
+        self.metrics
+            .wal_bytes
+            .set(self.wal.stats().bytes.load(Ordering::Relaxed) as i64);
         // A body that arrives while older ones wait for the store is applied directly: ids are
         // first-write-wins, so order between different bodies does not change any outcome.
-        let answer = self.apply(rec, true).await;
+        let answer = self.apply(rec, verdict, true).await;
         lock(&self.inflight).remove(&seq);
         answer
     }
@@ -585,9 +597,14 @@ impl Ingest {
         }
     }
 
-    /// Applies one durable body; `live` when a caller waits for the answer.
-    async fn apply(&self, rec: BodyRecord, live: bool) -> Answer {
-        match self.evaluate_live(&rec).await {
+    /// Applies one durable body, with its verdict if it was reached already; `live` when a
+    /// caller waits for the answer.
+    async fn apply(&self, rec: BodyRecord, verdict: Option<Verdict>, live: bool) -> Answer {
+        let verdict = match verdict {
+            Some(v) => v,
+            None => self.evaluate_live(&rec).await,
+        };
+        match verdict {
             Verdict::Reject {
                 status,
                 reason,
@@ -771,7 +788,7 @@ impl Ingest {
             };
             let Some(rec) = next else { break };
             let seq = rec.seq;
-            let a = self.apply(rec, false).await;
+            let a = self.apply(rec, None, false).await;
             if a.status == 503 && lock(&self.pending).contains_key(&seq) {
                 break;
             }

@@ -1,11 +1,14 @@
 //! The inbox write-ahead log: every request body is appended, with the caller's identity and
-//! the receive time, and made durable **before** it is parsed; a request is answered only
-//! after its record is on disk.
+//! the receive time, and written to the segment file **before** it is parsed; a request is
+//! answered only after its record is on disk.
 //!
 //! **Group commit.** One writer thread owns the active segment. It takes every append that is
-//! waiting, writes them with one `write`, makes them durable with one `fdatasync`, then
-//! answers all of them; while it syncs, the next batch gathers. Under load many requests share
-//! one sync; alone, a request waits for exactly one.
+//! waiting, writes them with one `write`, tells each appender its record is written
+//! ([`Appending::written`]: a crash of the process can no longer lose it), makes them durable
+//! with one `fdatasync`, then answers all of them ([`Appending::durable`]); while it syncs, the
+//! next batch gathers. Under load many requests share one sync; alone, a request waits for
+//! exactly one. The ingest path parses and checks a body between the two, so that work runs
+//! while the sync is in flight.
 //!
 //! **Outcome records do not wake the writer.** Nobody waits for an `Applied` record, so
 //! queueing one does not wake an idle writer: it is written with the next append someone waits
@@ -577,6 +580,9 @@ enum Cmd {
     Append {
         entry: Entry,
         reply: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+        /// Told once the record is in the segment file, before the fdatasync that makes it
+        /// durable (dropped unsent when the write fails).
+        written: Option<tokio::sync::oneshot::Sender<()>>,
     },
     Barrier(tokio::sync::oneshot::Sender<Result<u64, String>>),
 }
@@ -815,6 +821,7 @@ impl Writer {
         let _stop = StopOnExit(inbox.clone());
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut waiting: Vec<(tokio::sync::oneshot::Sender<Result<u64, String>>, u64)> = Vec::new();
+        let mut written: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
         let mut failed: Option<String> = None;
         // Written but not yet synced: outcome records nobody waits for. They are synced with
         // the next batch that someone waits for, or after a short idle delay.
@@ -844,12 +851,17 @@ impl Writer {
             waiting.clear();
             for cmd in batch {
                 match cmd {
-                    Cmd::Append { entry, reply } => {
+                    Cmd::Append {
+                        entry,
+                        reply,
+                        written: w,
+                    } => {
                         highest = highest.max(entry.seq());
                         encode_frame(&encode_payload(&entry), &mut buf);
                         if let Some(r) = reply {
                             waiting.push((r, entry.seq()));
                         }
+                        written.extend(w);
                     }
                     Cmd::Barrier(r) => waiting.push((r, highest)),
                 }
@@ -861,9 +873,16 @@ impl Writer {
             } else {
                 let r = self
                     .write(&buf)
+                    .map(|()| {
+                        // In the file: a crash of the process no longer loses these records.
+                        for w in written.drain(..) {
+                            let _ = w.send(());
+                        }
+                    })
                     .and_then(|()| if must_sync { self.sync() } else { Ok(()) });
                 r.map_err(|e| e.to_string())
             };
+            written.clear();
             dirty = result.is_ok() && !must_sync && !buf.is_empty();
             let last_seq = highest;
             if let Err(e) = &result {
@@ -1069,8 +1088,26 @@ impl Wal {
         at_ms: i64,
         on_seq: impl FnOnce(u64),
     ) -> Result<u64, WalError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        {
+        self.queue_body(kind, identity, request_id, body, at_ms, on_seq)?
+            .durable()
+            .await
+    }
+
+    /// Queues a body for the writer and returns at once: the record has its sequence number
+    /// (given to `on_seq` as it is assigned, in order with every other append) and the
+    /// returned [`Appending`] tells when it is written and when it is durable.
+    pub fn queue_body(
+        &self,
+        kind: RecordKind,
+        identity: &str,
+        request_id: &str,
+        body: Bytes,
+        at_ms: i64,
+        on_seq: impl FnOnce(u64),
+    ) -> Result<Appending, WalError> {
+        let (reply, durable) = tokio::sync::oneshot::channel();
+        let (written_tx, written) = tokio::sync::oneshot::channel();
+        let seq = {
             // The sequence must be taken and sent together so the queue stays in order.
             let _g = self.order_lock();
             let seq = self.seq();
@@ -1086,12 +1123,16 @@ impl Wal {
             self.send(Cmd::Append {
                 entry: Entry::Body(rec),
                 reply: Some(reply),
+                written: Some(written_tx),
             })?;
-        }
+            seq
+        };
         self.stats.records.fetch_add(1, Ordering::Relaxed);
-        rx.await
-            .map_err(|_| WalError::Stopped("the writer thread has exited".into()))?
-            .map_err(WalError::Stopped)
+        Ok(Appending {
+            seq,
+            written: Some(written),
+            durable,
+        })
     }
 
     /// Appends the outcome of a body; it becomes durable with the next sync (not waited for:
@@ -1117,6 +1158,7 @@ impl Wal {
         self.send(Cmd::Append {
             entry: Entry::Applied(rec),
             reply: None,
+            written: None,
         })
     }
 
@@ -1164,6 +1206,41 @@ impl Wal {
         if let Some(h) = handle {
             let _ = h.join();
         }
+    }
+}
+
+/// A body queued by [`Wal::queue_body`], on its way to the segment file.
+#[derive(Debug)]
+pub struct Appending {
+    seq: u64,
+    written: Option<tokio::sync::oneshot::Receiver<()>>,
+    durable: tokio::sync::oneshot::Receiver<Result<u64, String>>,
+}
+
+impl Appending {
+    /// The record's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Returns once the record is written to the segment file: from then on a crash of the
+    /// process cannot lose it (the kernel holds it), a crash of the machine still can, until
+    /// [`Appending::durable`]. An error when the write failed or the writer has stopped.
+    pub async fn written(&mut self) -> Result<(), WalError> {
+        match self.written.take() {
+            Some(rx) => rx
+                .await
+                .map_err(|_| WalError::Stopped("the record was not written".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns once the record is durable (fdatasync'd), with its sequence number.
+    pub async fn durable(self) -> Result<u64, WalError> {
+        self.durable
+            .await
+            .map_err(|_| WalError::Stopped("the writer thread has exited".into()))?
+            .map_err(WalError::Stopped)
     }
 }
 
@@ -1442,6 +1519,49 @@ mod tests {
         assert!(frames_of_live(dir.path()).iter().any(applied(seq)));
         wal.shutdown();
         assert!(read_all(dir.path()).0.iter().any(applied(seq)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_is_in_the_file_when_written_answers_and_durable_waits_for_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        // The sync observer runs on the writer thread right after each fdatasync, before the
+        // durable answers: holding it holds the group between its write and its answers.
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate_rx);
+        let observer: SyncObserver = Arc::new(move |_| {
+            let _ = gate.lock().unwrap().recv();
+        });
+        let (wal, _) = Wal::open(WalConfig::new(dir.path()), Some(observer), |_| {}).unwrap();
+        let mut seen = None;
+        let mut appending = wal
+            .queue_body(RecordKind::Pcs, "id", "r1", Bytes::from("early"), 5, |s| {
+                seen = Some(s)
+            })
+            .unwrap();
+        let seq = appending.seq();
+        assert_eq!(seen, Some(seq));
+        tokio::time::timeout(Duration::from_secs(5), appending.written())
+            .await
+            .expect("written answers while the sync is held")
+            .unwrap();
+        // Written: a crash of the process from here on leaves the record in the file.
+        let in_file: Vec<u64> = frames_of_live(dir.path()).iter().map(Entry::seq).collect();
+        assert_eq!(in_file, [seq]);
+        let durable = tokio::spawn(appending.durable());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !durable.is_finished(),
+            "durable answered before its sync finished"
+        );
+        gate_tx.send(()).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), durable)
+            .await
+            .expect("durable answers once the sync is done")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, seq);
+        drop(gate_tx);
+        wal.shutdown();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
