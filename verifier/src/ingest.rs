@@ -2,9 +2,9 @@
 //! namespace → verify (while the append's fdatasync runs) → durable → dedup → effects →
 //! outcome record.
 //!
-//! A body is acknowledged, stored or counted only once it is durable. When the dedup store cannot answer, the
-//! body stays in the WAL as *pending*, the caller gets 503 with `Retry-After`, and a background
-//! loop applies pending bodies in order once the store is back. Applying is idempotent: a body
+//! A body is acknowledged, stored or counted only once it is durable. When the dedup store
+//! cannot answer, the body stays in the WAL as *pending*, the caller gets 503 with
+//! `Retry-After`, and a background loop applies pending bodies in order once the store is back. Applying is idempotent: a body
 //! applied again after a crash finds its own earlier outcome in the store (same WAL sequence)
 //! and is counted as that first application, never as a second one.
 
@@ -314,18 +314,29 @@ impl Ingest {
             a.retry_after = Some(5);
             a
         };
-        let mut appending = match self.wal.queue_body(
+        let assigned = std::cell::Cell::new(None);
+        let assigned_ref = &assigned;
+        let queued = self.wal.queue_body(
             kind,
             identity,
             request_id,
             body.clone(),
             at_ms,
             move |seq| {
+                assigned_ref.set(Some(seq));
                 lock(&inflight).insert(seq);
             },
-        ) {
+        );
+        let mut appending = match queued {
             Ok(a) => a,
-            Err(e) => return wal_failed(e),
+            Err(e) => {
+                // A sequence number given to a body that never reached the writer holds
+                // nothing back.
+                if let Some(seq) = assigned.get() {
+                    lock(&self.inflight).remove(&seq);
+                }
+                return wal_failed(e);
+            }
         };
         let seq = appending.seq();
         let rec = BodyRecord {

@@ -1073,22 +1073,7 @@ impl Wal {
         body: Bytes,
         at_ms: i64,
     ) -> Result<u64, WalError> {
-        self.append_body_tracked(kind, identity, request_id, body, at_ms, |_| {})
-            .await
-    }
-
-    /// [`Wal::append_body`], calling `on_seq` with the sequence number as it is assigned (in
-    /// order with every other append), before the record is durable.
-    pub async fn append_body_tracked(
-        &self,
-        kind: RecordKind,
-        identity: &str,
-        request_id: &str,
-        body: Bytes,
-        at_ms: i64,
-        on_seq: impl FnOnce(u64),
-    ) -> Result<u64, WalError> {
-        self.queue_body(kind, identity, request_id, body, at_ms, on_seq)?
+        self.queue_body(kind, identity, request_id, body, at_ms, |_| {})?
             .durable()
             .await
     }
