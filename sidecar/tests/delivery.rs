@@ -91,37 +91,90 @@ fn stats_line(s: &DeliveryStats) -> String {
     format!("{:?}", s.snapshot())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_record_is_delivered_once_across_a_verifier_outage() {
+/// A temporary directory with new certificates in `certs/` (a client pair for each
+/// `name:namespace` of `clients`) and a ready verifier on them, its WAL in `wal/`.
+async fn verifier_on_new_certs(
+    clients: &[&str],
+) -> (tempfile::TempDir, std::path::PathBuf, Verifier) {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
-    let mut v = Verifier::start(&certs, &dir.path().join("wal"));
+    let clients: Vec<_> = clients.iter().map(|c| c.parse().unwrap()).collect();
+    certgen::generate(&certs, &clients, 30).unwrap();
+    let v = Verifier::start(&certs, &dir.path().join("wal"));
     v.ready().await;
+    (dir, certs, v)
+}
+
+/// The settings of a sidecar that presents `<name>.crt` and `<name>.key` of `dir` and trusts
+/// `dir/ca.crt`.
+fn presenting(v: &Verifier, dir: &Path, name: &str) -> VerifierSettings {
+    settings(
+        v.endpoint(),
+        &dir.join("ca.crt"),
+        &dir.join(format!("{name}.crt")),
+        &dir.join(format!("{name}.key")),
+    )
+}
+
+/// A sender running on its own task.
+struct Sending {
+    stats: Arc<DeliveryStats>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sending {
+    fn start(sender: Deliverer) -> Sending {
+        let stats = sender.stats();
+        let (stop, rx) = watch::channel(false);
+        let task = sender.spawn(rx);
+        Sending { stats, stop, task }
+    }
+
+    /// Asks the sender to stop and waits for it: it must stop within 5 s.
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("the sender stops promptly")
+            .unwrap();
+    }
+}
+
+/// The verifier's stored outcome of `id`: it must be accepted (200); its body.
+async fn accepted(v: &Verifier, id: &str, what: impl std::fmt::Display) -> Value {
+    let (s, body) = v.record(id).await;
+    assert_eq!(
+        (s, &body["status"]),
+        (200, &Value::from(200)),
+        "{what}: {body}"
+    );
+    body
+}
+
+/// Stops the verifier and audits its WAL: `n` first applications, none applied twice.
+fn audited(v: &mut Verifier, n: u64) {
+    assert!(v.terminate().success());
+    let audit = coherence_verifier::wal::audit(&v.wal).unwrap();
+    assert_eq!(audit.first_applications, n, "{audit:?}");
+    assert!(audit.applied_more_than_once.is_empty(), "{audit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_is_delivered_once_across_a_verifier_outage() {
+    let (dir, certs, mut v) = verifier_on_new_certs(&[]).await;
 
     let ob = outbox(&dir.path().join("outbox"));
-    let cfg = settings(
-        v.endpoint(),
-        &certs.join("ca.crt"),
-        &certs.join("client.crt"),
-        &certs.join("client.key"),
-    );
-    let sender = Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap();
-    let stats = sender.stats();
-    let (stop, rx) = watch::channel(false);
-    let task = sender.spawn(rx);
+    let cfg = presenting(&v, &certs, "client");
+    let sending = Sending::start(Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap());
+    let stats = sending.stats.clone();
 
     let shard = "shop/checkout/checkout-0";
     let mut sent: Vec<(u64, String)> = (1..=5).map(|e| append_pcs(&ob, shard, e)).collect();
     drained(&ob, &stats).await;
     let mut wal_seqs = Vec::new();
     for (seq, id) in &sent {
-        let (s, body) = v.record(id).await;
-        assert_eq!(
-            (s, &body["status"]),
-            (200, &Value::from(200)),
-            "{seq}: {body}"
-        );
+        let body = accepted(&v, id, seq).await;
         wal_seqs.push(body["seq"].as_u64().unwrap());
     }
     assert!(
@@ -149,27 +202,15 @@ async fn every_record_is_delivered_once_across_a_verifier_outage() {
     v.ready().await;
     drained(&ob, &stats).await;
     for (seq, id) in &sent {
-        let (s, body) = v.record(id).await;
-        assert_eq!(
-            (s, &body["status"]),
-            (200, &Value::from(200)),
-            "{seq}: {body}"
-        );
+        accepted(&v, id, seq).await;
     }
     let st = ob.stats();
     assert_eq!((st.acked_total, st.dlq_total, st.degraded), (10, 0, false));
     assert_eq!(stats.snapshot().sent_ok, 10, "{}", stats_line(&stats));
     assert!(stats.snapshot().last_success_at_ms.is_some());
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("the sender stops promptly")
-        .unwrap();
-    assert!(v.terminate().success());
-    let audit = coherence_verifier::wal::audit(&v.wal).unwrap();
-    assert_eq!(audit.first_applications, 10, "{audit:?}");
-    assert!(audit.applied_more_than_once.is_empty(), "{audit:?}");
+    sending.stop().await;
+    audited(&mut v, 10);
 
     // A restart of the sidecar finds nothing pending and numbers on.
     drop(ob);
@@ -180,22 +221,11 @@ async fn every_record_is_delivered_once_across_a_verifier_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_the_outbox_refused_are_held_and_delivered_later_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
-    let mut v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
+    let (dir, certs, mut v) = verifier_on_new_certs(&[]).await;
     let ob = outbox(&dir.path().join("outbox"));
-    let cfg = settings(
-        v.endpoint(),
-        &certs.join("ca.crt"),
-        &certs.join("client.crt"),
-        &certs.join("client.key"),
-    );
-    let sender = Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap();
-    let stats = sender.stats();
-    let (stop, rx) = watch::channel(false);
-    let task = sender.spawn(rx);
+    let cfg = presenting(&v, &certs, "client");
+    let sending = Sending::start(Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap());
+    let stats = sending.stats.clone();
 
     let shard = "shop/checkout/checkout-0";
     let pcs = |epoch: u64| Signed::Pcs(Box::new(signed_pcs(shard, epoch, 0)));
@@ -222,12 +252,7 @@ async fn records_the_outbox_refused_are_held_and_delivered_later_exactly_once() 
     drained(&ob, &stats).await;
     let mut wal_seqs = Vec::new();
     for epoch in 1..=3 {
-        let (code, body) = v.record(&pcs_id_of(shard, epoch)).await;
-        assert_eq!(
-            (code, &body["status"]),
-            (200, &Value::from(200)),
-            "{epoch}: {body}"
-        );
+        let body = accepted(&v, &pcs_id_of(shard, epoch), epoch).await;
         wal_seqs.push(body["seq"].as_u64().unwrap());
     }
     assert!(
@@ -236,24 +261,13 @@ async fn records_the_outbox_refused_are_held_and_delivered_later_exactly_once() 
     );
     assert_eq!(stats.snapshot().sent_ok, 3, "{}", stats_line(&stats));
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("the sender stops promptly")
-        .unwrap();
-    assert!(v.terminate().success());
-    let audit = coherence_verifier::wal::audit(&v.wal).unwrap();
-    assert_eq!(audit.first_applications, 3, "{audit:?}");
-    assert!(audit.applied_more_than_once.is_empty(), "{audit:?}");
+    sending.stop().await;
+    audited(&mut v, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_records_go_to_the_dead_letter_file_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &["checkout:shop".parse().unwrap()], 30).unwrap();
-    let v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
+    let (dir, certs, v) = verifier_on_new_certs(&["checkout:shop"]).await;
 
     let ob = outbox(&dir.path().join("outbox"));
     let good1 = append_pcs(&ob, "shop/checkout/checkout-0", 1);
@@ -270,21 +284,13 @@ async fn rejected_records_go_to_the_dead_letter_file_with_the_reason() {
     let good2 = append_pcs(&ob, "shop/checkout/checkout-0", 4);
 
     // The sidecar presents the `checkout:shop` certificate.
-    let cfg = settings(
-        v.endpoint(),
-        &certs.join("ca.crt"),
-        &certs.join("checkout.crt"),
-        &certs.join("checkout.key"),
-    );
-    let sender = Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap();
-    let stats = sender.stats();
-    let (stop, rx) = watch::channel(false);
-    let task = sender.spawn(rx);
+    let cfg = presenting(&v, &certs, "checkout");
+    let sending = Sending::start(Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap());
+    let stats = sending.stats.clone();
     drained(&ob, &stats).await;
 
-    for (_, id) in [&good1, &good2] {
-        let (s, body) = v.record(id).await;
-        assert_eq!((s, &body["status"]), (200, &Value::from(200)), "{body}");
+    for (seq, id) in [&good1, &good2] {
+        accepted(&v, id, seq).await;
     }
     let lines = dlq(&ob);
     let by_seq = |seq: u64| {
@@ -315,8 +321,7 @@ async fn rejected_records_go_to_the_dead_letter_file_with_the_reason() {
     assert_eq!(snap.by_status.get(&403), Some(&1), "{snap:?}");
     assert_eq!(snap.by_status.get(&400), Some(&1), "{snap:?}");
     assert_eq!(ob.stats().dlq_total, 3);
-    stop.send(true).unwrap();
-    task.await.unwrap();
+    sending.stop().await;
 }
 
 fn link(target: &str, at: &Path) {
@@ -325,14 +330,10 @@ fn link(target: &str, at: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_client_certificate_is_picked_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
+    let (dir, certs, v) = verifier_on_new_certs(&[]).await;
     // A client certificate of another CA: the verifier refuses the handshake.
     let stranger = dir.path().join("stranger");
     certgen::generate(&stranger, &[], 30).unwrap();
-    let v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
 
     // A Secret volume as the kubelet writes it: files point through the `..data` symlink.
     let secret = dir.path().join("secret");
@@ -347,18 +348,13 @@ async fn a_rotated_client_certificate_is_picked_up() {
     }
 
     let ob = outbox(&dir.path().join("outbox"));
-    let cfg = settings(
-        v.endpoint(),
-        &secret.join("ca.crt"),
-        &secret.join("tls.crt"),
-        &secret.join("tls.key"),
+    let cfg = presenting(&v, &secret, "tls");
+    let sending = Sending::start(
+        Deliverer::new(ob.clone(), &cfg, &fast_retries())
+            .unwrap()
+            .with_reload_interval(Duration::from_millis(200)),
     );
-    let sender = Deliverer::new(ob.clone(), &cfg, &fast_retries())
-        .unwrap()
-        .with_reload_interval(Duration::from_millis(200));
-    let stats = sender.stats();
-    let (stop, rx) = watch::channel(false);
-    let task = sender.spawn(rx);
+    let stats = sending.stats.clone();
     let (_, id) = append_pcs(&ob, "shop/checkout/checkout-0", 1);
     eventually("refused handshakes", LIMIT, || {
         (stats.snapshot().network_errors >= 2).then_some(())
@@ -377,11 +373,9 @@ async fn a_rotated_client_certificate_is_picked_up() {
     std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
 
     drained(&ob, &stats).await;
-    let (s, body) = v.record(&id).await;
-    assert_eq!((s, &body["status"]), (200, &Value::from(200)), "{body}");
+    accepted(&v, &id, "after the rotation").await;
     let snap = stats.snapshot();
     assert_eq!(snap.tls_reloads, 1, "{snap:?}");
     assert_eq!(snap.sent_ok, 1, "{snap:?}");
-    stop.send(true).unwrap();
-    task.await.unwrap();
+    sending.stop().await;
 }
