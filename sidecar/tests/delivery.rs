@@ -11,7 +11,7 @@ use coherence_sidecar::outbox::{Kind, Outbox};
 use coherence_sidecar::run::{Held, Signed};
 use coherence_sidecar::sample::Dur;
 use coherence_verifier::tls::certgen;
-use common::{Verifier, eventually, signed_pcs};
+use common::{Verifier, eventually, signed_pcs, verifier_on_new_certs};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -91,20 +91,6 @@ fn stats_line(s: &DeliveryStats) -> String {
     format!("{:?}", s.snapshot())
 }
 
-/// A temporary directory with new certificates in `certs/` (a client pair for each
-/// `name:namespace` of `clients`) and a ready verifier on them, its WAL in `wal/`.
-async fn verifier_on_new_certs(
-    clients: &[&str],
-) -> (tempfile::TempDir, std::path::PathBuf, Verifier) {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let clients: Vec<_> = clients.iter().map(|c| c.parse().unwrap()).collect();
-    certgen::generate(&certs, &clients, 30).unwrap();
-    let v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
-    (dir, certs, v)
-}
-
 /// The settings of a sidecar that presents `<name>.crt` and `<name>.key` of `dir` and trusts
 /// `dir/ca.crt`.
 fn presenting(v: &Verifier, dir: &Path, name: &str) -> VerifierSettings {
@@ -162,7 +148,7 @@ fn audited(v: &mut Verifier, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_is_delivered_once_across_a_verifier_outage() {
-    let (dir, certs, mut v) = verifier_on_new_certs(&[]).await;
+    let (dir, certs, mut v) = verifier_on_new_certs(&[], &[]).await;
 
     let ob = outbox(&dir.path().join("outbox"));
     let cfg = presenting(&v, &certs, "client");
@@ -221,7 +207,7 @@ async fn every_record_is_delivered_once_across_a_verifier_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_the_outbox_refused_are_held_and_delivered_later_exactly_once() {
-    let (dir, certs, mut v) = verifier_on_new_certs(&[]).await;
+    let (dir, certs, mut v) = verifier_on_new_certs(&[], &[]).await;
     let ob = outbox(&dir.path().join("outbox"));
     let cfg = presenting(&v, &certs, "client");
     let sending = Sending::start(Deliverer::new(ob.clone(), &cfg, &fast_retries()).unwrap());
@@ -267,7 +253,7 @@ async fn records_the_outbox_refused_are_held_and_delivered_later_exactly_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_records_go_to_the_dead_letter_file_with_the_reason() {
-    let (dir, certs, v) = verifier_on_new_certs(&["checkout:shop"]).await;
+    let (dir, certs, v) = verifier_on_new_certs(&["checkout:shop"], &[]).await;
 
     let ob = outbox(&dir.path().join("outbox"));
     let good1 = append_pcs(&ob, "shop/checkout/checkout-0", 1);
@@ -330,7 +316,7 @@ fn link(target: &str, at: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_client_certificate_is_picked_up() {
-    let (dir, certs, v) = verifier_on_new_certs(&[]).await;
+    let (dir, certs, v) = verifier_on_new_certs(&[], &[]).await;
     // A client certificate of another CA: the verifier refuses the handshake.
     let stranger = dir.path().join("stranger");
     certgen::generate(&stranger, &[], 30).unwrap();

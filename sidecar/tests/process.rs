@@ -11,7 +11,7 @@ mod common;
 use coherence_sidecar::config::OutboxSettings;
 use coherence_sidecar::outbox::Outbox;
 use coherence_verifier::tls::certgen;
-use common::{NodeExporter, Sidecar, Verifier, free_port, num, wait_status};
+use common::{NodeExporter, Sidecar, Verifier, free_port, num, verifier_on_new_certs, wait_status};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -92,11 +92,7 @@ persistence:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_flow_from_an_exporter_through_the_sidecar_to_the_verifier() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &["web:shop".parse().unwrap()], 30).unwrap();
-    let v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
+    let (dir, _, v) = verifier_on_new_certs(&["web:shop"], &[]).await;
     let api = free_port();
     let (url, metrics, _exporter) = scrape_target(&v);
     let config = write_config(dir.path(), &v, api, "web", (&url, metrics));
@@ -167,11 +163,7 @@ async fn records_flow_from_an_exporter_through_the_sidecar_to_the_verifier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifier_outage_and_a_sigkill_of_the_sidecar_lose_and_double_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
-    let mut v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
+    let (dir, _, mut v) = verifier_on_new_certs(&[], &[]).await;
     let api = free_port();
     let url = format!("http://127.0.0.1:{}/metrics", v.admin);
     let config = write_config(

@@ -14,8 +14,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use coherence_core::linecipher::{LineCipher, NONCE_LEN};
 use coherence_core::telemetry::{format_ts_ms, parse_ts_ms};
-use coherence_verifier::tls::certgen;
-use common::{Feeder, Sidecar, Verifier, free_port, now_ms, num, wait_status};
+use common::{
+    Feeder, Sidecar, Verifier, free_port, now_ms, num, verifier_on_new_certs, wait_status,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -166,11 +167,7 @@ fn received(wal: &Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_from_every_kind_of_source_is_counted_and_records_keep_flowing() {
     let started = now_ms();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
-    let v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
+    let (dir, _, v) = verifier_on_new_certs(&[], &[]).await;
 
     let api_state = Arc::new(Summary::default());
     let api_addr = serve(
@@ -333,18 +330,14 @@ async fn records_signed_with_ed25519_are_accepted_by_a_verifier_holding_the_publ
         .to_bytes();
     let (seed_b64, public_b64) = (b64.encode(seed), b64.encode(public));
 
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
-    let v = Verifier::start_with(
-        &certs,
-        &dir.path().join("wal"),
+    let (dir, _, v) = verifier_on_new_certs(
+        &[],
         &[
             ("PCS_SIGN_ALG", "ed25519"),
             ("PCS_ED25519_PUB_B64", public_b64.as_str()),
         ],
-    );
-    v.ready().await;
+    )
+    .await;
     let app = dir.path().join("app.jsonl");
     let _feeder = Feeder::start(
         &app,
@@ -394,12 +387,8 @@ async fn records_signed_with_ed25519_are_accepted_by_a_verifier_holding_the_publ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_that_overflows_marks_later_records_degraded_and_drops_the_oldest() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
     // The verifier is down from the start: its ports are known, nothing listens.
-    let mut v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
+    let (dir, _, mut v) = verifier_on_new_certs(&[], &[]).await;
     v.kill();
     let app = dir.path().join("app.jsonl");
     // Sixty signals: each epoch's SignalReport is large, so the smallest outbox (64 KiB) fills
@@ -501,11 +490,7 @@ async fn an_outbox_that_overflows_marks_later_records_degraded_and_drops_the_old
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latency_spike_is_found_reported_and_shown_as_an_incident() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
-    let v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
+    let (dir, _, v) = verifier_on_new_certs(&[], &[]).await;
     let app = dir.path().join("app.jsonl");
     // Steady for the first 8 s, then every other sample four times as high.
     let _feeder = Feeder::start(&app, Duration::from_millis(50), |i| {
@@ -579,12 +564,8 @@ async fn a_latency_spike_is_found_reported_and_shown_as_an_incident() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_address_serves_metrics_and_health_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    certgen::generate(&certs, &[], 30).unwrap();
     // No verifier is needed for the local API: its ports are known, nothing listens.
-    let mut v = Verifier::start(&certs, &dir.path().join("wal"));
-    v.ready().await;
+    let (dir, _, mut v) = verifier_on_new_certs(&[], &[]).await;
     v.kill();
     let app = dir.path().join("app.jsonl");
     let _feeder = Feeder::start(

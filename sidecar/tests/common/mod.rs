@@ -116,6 +116,22 @@ pub struct Verifier {
     env: Vec<(String, String)>,
 }
 
+/// A temporary directory with new certificates in `certs/` (a client pair for each
+/// `name:namespace` of `clients`) and a ready verifier on them, with more environment `env`
+/// and its WAL in `wal/`.
+pub async fn verifier_on_new_certs(
+    clients: &[&str],
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, PathBuf, Verifier) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let clients: Vec<_> = clients.iter().map(|c| c.parse().unwrap()).collect();
+    tls::certgen::generate(&certs, &clients, 30).unwrap();
+    let v = Verifier::start_with(&certs, &dir.path().join("wal"), env);
+    v.ready().await;
+    (dir, certs, v)
+}
+
 impl Verifier {
     /// Starts the verifier with `certs` (from `certgen`) and `wal`, on free ports.
     pub fn start(certs: &Path, wal: &Path) -> Verifier {
