@@ -1430,6 +1430,13 @@ mod tests {
         assert!(!timed.wake_for(true), "already woken");
     }
 
+    /// Appends `body` as a PCS body received at `at_ms` and waits until it is durable.
+    async fn put(wal: &Wal, body: impl Into<Bytes>, at_ms: i64) -> u64 {
+        wal.append_body(RecordKind::Pcs, "id", "r", body.into(), at_ms)
+            .await
+            .unwrap()
+    }
+
     fn read_all(dir: &Path) -> (Vec<Entry>, ReplayReport) {
         let mut out = Vec::new();
         let r = replay(dir, |e| out.push(e)).unwrap();
@@ -1489,10 +1496,7 @@ mod tests {
     async fn an_outcome_alone_is_written_and_synced_within_the_lazy_flush() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(WalConfig::new(dir.path()), None, |_| {}).unwrap();
-        let seq = wal
-            .append_body(RecordKind::Pcs, "id", "rid", Bytes::from("b"), 5)
-            .await
-            .unwrap();
+        let seq = put(&wal, "b", 5).await;
         let syncs = wal.stats().syncs.load(Ordering::Relaxed);
         wal.append_applied(seq, 200, true, "pcs-1", 6).unwrap();
         // Nothing else is appended: the writer writes and syncs it on its own.
@@ -1553,15 +1557,9 @@ mod tests {
     async fn outcomes_queued_before_a_body_are_durable_with_it_and_kept_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(WalConfig::new(dir.path()), None, |_| {}).unwrap();
-        let first = wal
-            .append_body(RecordKind::Pcs, "id", "r1", Bytes::from("one"), 5)
-            .await
-            .unwrap();
+        let first = put(&wal, "one", 5).await;
         wal.append_applied(first, 200, true, "pcs-1", 6).unwrap();
-        let second = wal
-            .append_body(RecordKind::Pcs, "id", "r2", Bytes::from("two"), 7)
-            .await
-            .unwrap();
+        let second = put(&wal, "two", 7).await;
         // The second body is durable, so everything queued before it is written.
         let seqs: Vec<u64> = frames_of_live(dir.path()).iter().map(Entry::seq).collect();
         assert_eq!(seqs, [first, first + 1, second], "in sequence order");
@@ -1583,15 +1581,7 @@ mod tests {
         for i in 0..200 {
             let w = wal.clone();
             tasks.push(tokio::spawn(async move {
-                w.append_body(
-                    RecordKind::Pcs,
-                    "id",
-                    "rid",
-                    Bytes::from(format!("body {i}")),
-                    5,
-                )
-                .await
-                .unwrap()
+                put(&w, format!("body {i}"), 5).await
             }));
         }
         let mut seqs = Vec::new();
@@ -1649,15 +1639,7 @@ mod tests {
         };
         let (wal, _) = Wal::open(cfg.clone(), None, |_| {}).unwrap();
         for i in 0..50 {
-            wal.append_body(
-                RecordKind::Pcs,
-                "id",
-                "rid",
-                Bytes::from(format!("b{i}")),
-                1,
-            )
-            .await
-            .unwrap();
+            put(&wal, format!("b{i}"), 1).await;
         }
         // The magic and the records.
         let written = wal.stats().bytes.load(Ordering::Relaxed);
@@ -1688,9 +1670,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), cut);
         let (wal, rep) = Wal::open(cfg, None, |_| {}).unwrap();
         assert_eq!(rep.records, 50);
-        wal.append_body(RecordKind::Pcs, "id", "rid", Bytes::from("again"), 1)
-            .await
-            .unwrap();
+        put(&wal, "again", 1).await;
         wal.shutdown();
         let (entries, rep) = read_all(dir.path());
         assert_eq!((rep.records, rep.torn_bytes), (51, 0));
@@ -1702,9 +1682,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(WalConfig::new(dir.path()), None, |_| {}).unwrap();
         for i in 0..3 {
-            wal.append_body(RecordKind::Pcs, "id", "r", Bytes::from(format!("b{i}")), 1)
-                .await
-                .unwrap();
+            put(&wal, format!("b{i}"), 1).await;
         }
         wal.shutdown();
         let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
@@ -1722,10 +1700,7 @@ mod tests {
         assert_eq!(rep.records, 3);
         assert_eq!(rep.torn_bytes, (frame.len() / 2) as u64);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), good);
-        let seq = wal
-            .append_body(RecordKind::Pcs, "id", "r", Bytes::from_static(b"after"), 1)
-            .await
-            .unwrap();
+        let seq = put(&wal, "after", 1).await;
         assert_eq!(seq, 4);
         wal.shutdown();
         let (entries, rep) = read_all(dir.path());
@@ -1741,15 +1716,7 @@ mod tests {
         cfg.segment_bytes = 200;
         let (wal, _) = Wal::open(cfg.clone(), None, |_| {}).unwrap();
         for i in 0..20 {
-            wal.append_body(
-                RecordKind::Pcs,
-                "id",
-                "r",
-                Bytes::from(format!("body number {i:04}")),
-                1,
-            )
-            .await
-            .unwrap();
+            put(&wal, format!("body number {i:04}"), 1).await;
         }
         wal.shutdown();
         let segs = list_segments(dir.path()).unwrap();
@@ -1781,16 +1748,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let seq = wal
-                .append_body(
-                    RecordKind::Pcs,
-                    "id",
-                    "r",
-                    Bytes::from(format!("payload {i} ........................")),
-                    1_000,
-                )
-                .await
-                .unwrap();
+            let seq = put(&wal, format!("payload {i} ........................"), 1_000).await;
             wal.append_applied(seq, *status, *first, &format!("id{i}"), 1_000)
                 .unwrap();
             outcomes.push(seq);
@@ -1805,16 +1763,7 @@ mod tests {
             wal.sync().await.unwrap();
         }
         let unapplied = 1u64;
-        let pending = wal
-            .append_body(
-                RecordKind::Pcs,
-                "id",
-                "r",
-                Bytes::from_static(b"pending"),
-                1_000,
-            )
-            .await
-            .unwrap();
+        let pending = put(&wal, "pending", 1_000).await;
         wal.sync().await.unwrap();
         let active = wal.active_first_seq();
         let report = compact(dir.path(), active, Duration::from_secs(3600), 2_000).unwrap();
