@@ -658,16 +658,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn https_without_files_names_the_setting() {
-        let d = tempfile::tempdir().unwrap();
-        let outbox = Arc::new(
+    /// An outbox with the default settings in `dir`.
+    fn outbox_in(dir: &std::path::Path) -> Arc<Outbox> {
+        Arc::new(
             Outbox::open(&OutboxSettings {
-                dir: d.path().to_owned(),
+                dir: dir.to_owned(),
                 ..OutboxSettings::default()
             })
             .unwrap(),
-        );
+        )
+    }
+
+    #[test]
+    fn https_without_files_names_the_setting() {
+        let d = tempfile::tempdir().unwrap();
+        let outbox = outbox_in(d.path());
         let e = Deliverer::new(
             outbox.clone(),
             &VerifierSettings::default(),
@@ -759,13 +764,7 @@ mod tests {
     #[tokio::test]
     async fn retry_after_is_honoured_and_capped() {
         let d = tempfile::tempdir().unwrap();
-        let outbox = Arc::new(
-            Outbox::open(&OutboxSettings {
-                dir: d.path().to_owned(),
-                ..OutboxSettings::default()
-            })
-            .unwrap(),
-        );
+        let outbox = outbox_in(d.path());
         let (port, seen, server) = scripted(vec![
             "503 Service Unavailable\r\nretry-after: 3600\r\n",
             "429 Too Many Requests\r\nretry-after: 0\r\n",
@@ -821,13 +820,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_verifier_exhausts_attempts_then_stops_on_shutdown() {
         let d = tempfile::tempdir().unwrap();
-        let outbox = Arc::new(
-            Outbox::open(&OutboxSettings {
-                dir: d.path().to_owned(),
-                ..OutboxSettings::default()
-            })
-            .unwrap(),
-        );
+        let outbox = outbox_in(d.path());
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -867,13 +860,7 @@ mod tests {
     async fn a_damaged_record_is_dead_lettered_and_delivery_goes_on() {
         use std::os::unix::fs::FileExt as _;
         let d = tempfile::tempdir().unwrap();
-        let outbox = Arc::new(
-            Outbox::open(&OutboxSettings {
-                dir: d.path().to_owned(),
-                ..OutboxSettings::default()
-            })
-            .unwrap(),
-        );
+        let outbox = outbox_in(d.path());
         for i in 1..=3 {
             outbox
                 .append(
