@@ -6,7 +6,7 @@
 
 use coherence_verifier::tls::certgen;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 fn sidecar(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -30,6 +30,40 @@ fn sidecar(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// `coherence-sidecar run --config CONFIG` in `dir` with an HMAC key, stdout discarded.
+fn run_sidecar(dir: &Path, config: &str, stderr: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_coherence-sidecar"))
+        .current_dir(dir)
+        .args(["run", "--config", config])
+        .env("PCS_HMAC_KEY", "k")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (at most 20 s) until `what` answers `/status` on `port`; it must not exit meanwhile.
+fn serving(child: &mut Child, port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(port, "/status").is_none() {
+        assert!(child.try_wait().unwrap().is_none(), "{what} exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM; the sidecar must exit 0.
+fn terminated(mut child: Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
 }
 
 fn example() -> String {
@@ -145,14 +179,7 @@ fn a_changed_file_is_reloaded_and_a_bad_one_refused() {
         )
     };
     std::fs::write(dir.path().join("c.yaml"), config("[1m]")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coherence-sidecar"))
-        .current_dir(dir.path())
-        .args(["run", "--config", "c.yaml"])
-        .env("PCS_HMAC_KEY", "k")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_sidecar(dir.path(), "c.yaml", Stdio::null());
     let wait = |pred: &dyn Fn(&serde_json::Value) -> bool| {
         for _ in 0..200 {
             if let Some(v) = get(port, "/status") {
@@ -179,11 +206,7 @@ fn a_changed_file_is_reloaded_and_a_bad_one_refused() {
     );
     assert_eq!(v["windows"], serde_json::json!(["1m", "5m"]));
     assert!(child.try_wait().unwrap().is_none(), "still running");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    terminated(child);
 }
 
 #[test]
@@ -209,26 +232,8 @@ fn a_second_sidecar_on_the_same_outbox_exits_74_and_leaves_it_alone() {
     };
     std::fs::write(dir.path().join("a.yaml"), config(first_port)).unwrap();
     std::fs::write(dir.path().join("b.yaml"), config(second_port)).unwrap();
-    let mut first = Command::new(env!("CARGO_BIN_EXE_coherence-sidecar"))
-        .current_dir(dir.path())
-        .args(["run", "--config", "a.yaml"])
-        .env("PCS_HMAC_KEY", "k")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while get(first_port, "/status").is_none() {
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first sidecar exited"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first sidecar never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut first = run_sidecar(dir.path(), "a.yaml", Stdio::null());
+    serving(&mut first, first_port, "the first sidecar");
     let outbox = dir.path().join("shared-outbox");
     let files = |d: &Path| {
         let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
@@ -244,14 +249,7 @@ fn a_second_sidecar_on_the_same_outbox_exits_74_and_leaves_it_alone() {
     assert!(!before.is_empty());
 
     // Without the lock the second would run on: it must exit by itself, within the deadline.
-    let mut second = Command::new(env!("CARGO_BIN_EXE_coherence-sidecar"))
-        .current_dir(dir.path())
-        .args(["run", "--config", "b.yaml"])
-        .env("PCS_HMAC_KEY", "k")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut second = run_sidecar(dir.path(), "b.yaml", Stdio::piped());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while second.try_wait().unwrap().is_none() {
         if std::time::Instant::now() >= deadline {
@@ -284,33 +282,10 @@ fn a_second_sidecar_on_the_same_outbox_exits_74_and_leaves_it_alone() {
             assert!(now.starts_with(bytes), "{name} was rewritten");
         }
     }
-    Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(first.wait().unwrap().success());
+    terminated(first);
 
     // Once the first has stopped, the directory is free again.
-    let mut again = Command::new(env!("CARGO_BIN_EXE_coherence-sidecar"))
-        .current_dir(dir.path())
-        .args(["run", "--config", "b.yaml"])
-        .env("PCS_HMAC_KEY", "k")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while get(second_port, "/status").is_none() {
-        assert!(
-            again.try_wait().unwrap().is_none(),
-            "the restarted sidecar exited"
-        );
-        assert!(std::time::Instant::now() < deadline, "never answered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Command::new("kill")
-        .args(["-TERM", &again.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(again.wait().unwrap().success());
+    let mut again = run_sidecar(dir.path(), "b.yaml", Stdio::null());
+    serving(&mut again, second_port, "the restarted sidecar");
+    terminated(again);
 }
