@@ -151,6 +151,17 @@ fn malformed_body(field: &str, expected: &str, found: &str, message: String) -> 
     json!({"error": "malformed", "field": field, "expected": expected, "found": found, "message": message})
 }
 
+/// The 400 refusal of a malformed record, naming the field; `shard` and `id` when known.
+fn malformed(m: &Malformed, shard: Option<String>, id: String) -> Verdict {
+    Verdict::Reject {
+        status: 400,
+        reason: "malformed",
+        body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
+        shard,
+        id,
+    }
+}
+
 fn snapshot_path(dir: &std::path::Path) -> PathBuf {
     dir.join("dedup.snapshot")
 }
@@ -446,15 +457,7 @@ impl Ingest {
             RecordKind::Pcs => {
                 let pcs = match Pcs::from_json(text) {
                     Ok(p) => p,
-                    Err(m) => {
-                        return Staged::Done(Verdict::Reject {
-                            status: 400,
-                            reason: "malformed",
-                            body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
-                            shard: None,
-                            id: String::new(),
-                        });
-                    }
+                    Err(m) => return Staged::Done(malformed(&m, None, String::new())),
                 };
                 if let Some(v) = forbidden(&pcs.shard_id, &pcs.pcs_id) {
                     return Staged::Done(v);
@@ -467,15 +470,7 @@ impl Ingest {
             RecordKind::Signals => {
                 let r = match SignalReport::from_json(text) {
                     Ok(r) => r,
-                    Err(m) => {
-                        return Staged::Done(Verdict::Reject {
-                            status: 400,
-                            reason: "malformed",
-                            body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
-                            shard: None,
-                            id: String::new(),
-                        });
-                    }
+                    Err(m) => return Staged::Done(malformed(&m, None, String::new())),
                 };
                 if let Some(v) = forbidden(&r.shard_id, &r.report_id) {
                     return Staged::Done(v);
@@ -484,13 +479,7 @@ impl Ingest {
                     Ok(message) => Staged::Signed(Signed::Signals(Box::new(r), message)),
                     Err(e) => {
                         let m = Malformed::new("record", "finite numbers", e.to_string());
-                        Staged::Done(Verdict::Reject {
-                            status: 400,
-                            reason: "malformed",
-                            body: malformed_body(&m.field, &m.expected, &m.found, m.to_string()),
-                            shard: Some(r.shard_id.clone()),
-                            id: r.report_id.clone(),
-                        })
+                        Staged::Done(malformed(&m, Some(r.shard_id.clone()), r.report_id.clone()))
                     }
                 }
             }
