@@ -520,27 +520,18 @@ fn replay_inner(
         if scan.stop.is_none() && scan.zero_tail > 0 && repair {
             // Space preallocated by a writer that did not stop cleanly: cut it off, so sealed
             // segments hold only records.
-            let good = (MAGIC.len() + scan.good_len) as u64;
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io_err(path, "open"))?;
-            f.set_len(good)
-                .map_err(io_err(path, "cut preallocated space"))?;
-            f.sync_all().map_err(io_err(path, "fsync"))?;
+            cut_segment(
+                path,
+                (MAGIC.len() + scan.good_len) as u64,
+                "cut preallocated space",
+            )?;
         }
         if let Some(why) = scan.stop {
             let good = (MAGIC.len() + scan.good_len) as u64;
             if newest && !repair {
                 report.torn_bytes += buf.len() as u64 - good;
             } else if newest {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err(path, "open"))?;
-                f.set_len(good)
-                    .map_err(io_err(path, "truncate torn tail"))?;
-                f.sync_all().map_err(io_err(path, "fsync"))?;
+                cut_segment(path, good, "truncate torn tail")?;
                 report.torn_bytes += buf.len() as u64 - good;
                 tracing::warn!(segment = %path.display(), %why, cut = buf.len() as u64 - good, "WAL torn tail truncated");
             } else {
@@ -553,6 +544,16 @@ fn replay_inner(
         }
     }
     Ok(report)
+}
+
+/// Cuts the segment at `path` to `len` bytes and syncs it; `op` names the cut in errors.
+fn cut_segment(path: &Path, len: u64, op: &'static str) -> Result<(), WalError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path, "open"))?;
+    f.set_len(len).map_err(io_err(path, op))?;
+    f.sync_all().map_err(io_err(path, "fsync"))
 }
 
 // ---------------------------------------------------------------------------------------------
