@@ -174,6 +174,17 @@ impl Ingest {
         store: Store,
         metrics: Metrics,
     ) -> Result<Arc<Ingest>, WalError> {
+        Self::open_observed(cfg, store, metrics, None).await
+    }
+
+    /// [`Ingest::open`], with `also` called after each fdatasync of the WAL (on the writer
+    /// thread, before the synced records are answered).
+    async fn open_observed(
+        cfg: IngestConfig,
+        store: Store,
+        metrics: Metrics,
+        also: Option<crate::wal::SyncObserver>,
+    ) -> Result<Arc<Ingest>, WalError> {
         let started = Instant::now();
         let snapshot_covers = match &store {
             Store::Memory(m) => {
@@ -187,8 +198,12 @@ impl Ingest {
             _ => None,
         };
         let fsync_hist = metrics.wal_fsync.clone();
-        let observer: crate::wal::SyncObserver =
-            Arc::new(move |d: Duration| fsync_hist.observe(d.as_secs_f64()));
+        let observer: crate::wal::SyncObserver = Arc::new(move |d: Duration| {
+            fsync_hist.observe(d.as_secs_f64());
+            if let Some(also) = &also {
+                also(d);
+            }
+        });
         let mut bodies: HashMap<u64, BodyRecord> = HashMap::new();
         let mut outcomes: Vec<(BodyRecord, crate::wal::AppliedRecord)> = Vec::new();
         let mut applied_seqs: BTreeSet<u64> = BTreeSet::new();
@@ -997,6 +1012,114 @@ fn replay_summary(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use coherence_core::pcs::{self, BuildInput, Signer};
+
+    fn signed_pcs(key: &[u8]) -> Pcs {
+        let values: Vec<f64> = (0..120).map(|i| 50.0 + ((i * 37) % 23) as f64).collect();
+        let events: Vec<Vec<u8>> = values.iter().map(|v| format!("{v}").into_bytes()).collect();
+        let mut p = pcs::build(
+            &BuildInput {
+                values: &values,
+                events: &events,
+                shard_id: "shop/checkout/checkout-0",
+                epoch: 1,
+                attempt: 1,
+                sent_at: "2026-11-01T00:00:00Z",
+                seed: 42,
+                scales: &[2, 4, 8, 16, 32],
+            },
+            &Params::default(),
+        )
+        .unwrap();
+        Signer::hmac(key.to_vec()).sign(&mut p).unwrap();
+        p
+    }
+
+    fn metric(registry: &prometheus_client::registry::Registry, name: &str) -> f64 {
+        let text = crate::metrics::encode(registry);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    }
+
+    /// The body is parsed and its signature checked while its fdatasync is held; nothing is
+    /// stored or answered until the sync is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_is_checked_during_its_sync_and_stored_and_answered_only_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = b"ingest-test-key";
+        let (metrics, registry) = Metrics::new();
+        // Armed, the sync observer holds the WAL writer after its fdatasync, before it answers.
+        let armed = Arc::new(AtomicBool::new(false));
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate_rx);
+        let hold = armed.clone();
+        let also: crate::wal::SyncObserver = Arc::new(move |_| {
+            if hold.load(Ordering::SeqCst) {
+                let _ = lock(&gate).recv();
+            }
+        });
+        let ingest = Ingest::open_observed(
+            IngestConfig {
+                wal: WalConfig::new(dir.path()),
+                keys: Verifier::hmac(vec![key.to_vec()]),
+                params: Params::default(),
+                ed25519_batch: 64,
+            },
+            Store::Memory(crate::dedup::memory::MemoryStore::new(Duration::from_secs(
+                3600,
+            ))),
+            metrics,
+            Some(also),
+        )
+        .await
+        .unwrap();
+        let pcs = signed_pcs(key);
+        let body = Bytes::from(pcs.to_json());
+        armed.store(true, Ordering::SeqCst);
+        let i = ingest.clone();
+        let answer = tokio::spawn(async move {
+            i.submit(
+                RecordKind::Pcs,
+                "spiffe://coherence.dev/ns/shop/sa/checkout",
+                "r-1",
+                body,
+            )
+            .await
+        });
+        // Checked while the sync is held.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(&registry, "coherence_verify_duration_seconds_count") < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "the body was not checked during its sync"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !answer.is_finished(),
+            "answered before the body was durable"
+        );
+        assert!(
+            ingest.lookup(&pcs.pcs_id).await.unwrap().is_none(),
+            "stored before the body was durable"
+        );
+        armed.store(false, Ordering::SeqCst);
+        gate_tx.send(()).unwrap();
+        let a = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("answered once the sync is done")
+            .unwrap();
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        let stored = ingest.lookup(&pcs.pcs_id).await.unwrap().unwrap();
+        assert_eq!(stored.status, 200);
+        assert_eq!(
+            metric(&registry, "coherence_verify_duration_seconds_count"),
+            1.0,
+            "checked once"
+        );
+    }
 
     #[test]
     fn a_panicking_evaluation_refuses_that_body_with_a_400_naming_its_seq() {
