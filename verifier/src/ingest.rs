@@ -4,9 +4,10 @@
 //!
 //! A body is acknowledged, stored or counted only once it is durable. When the dedup store
 //! cannot answer, the body stays in the WAL as *pending*, the caller gets 503 with
-//! `Retry-After`, and a background loop applies pending bodies in order once the store is back. Applying is idempotent: a body
-//! applied again after a crash finds its own earlier outcome in the store (same WAL sequence)
-//! and is counted as that first application, never as a second one.
+//! `Retry-After`, and a background loop applies pending bodies in order once the store is back.
+//! Applying is idempotent: a body applied again after a crash finds its own earlier outcome in
+//! the store (same WAL sequence) and is counted as that first application, never as a second
+//! one.
 
 use crate::dedup::{Insert, JsonBody, RecordKind, Store, StoreError, StoredOutcome, now_ms};
 use crate::metrics::{
