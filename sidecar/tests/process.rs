@@ -332,7 +332,7 @@ async fn the_shipped_example_runs_as_it_is_against_a_real_verifier() {
 
     // The verifier with its defaults but the port (ENDPOINT tells the sidecar where it is), and
     // the HMAC key the example signs with.
-    let v = Verifier::start(&dir.path().join("certs"), &dir.path().join("wal"));
+    let mut v = Verifier::start(&dir.path().join("certs"), &dir.path().join("wal"));
     v.ready().await;
     let endpoint = format!("https://localhost:{}", v.port);
     let mut s = Sidecar::start_with(

@@ -127,7 +127,7 @@ pub async fn verifier_on_new_certs(
     let certs = dir.path().join("certs");
     let clients: Vec<_> = clients.iter().map(|c| c.parse().unwrap()).collect();
     tls::certgen::generate(&certs, &clients, 30).unwrap();
-    let v = Verifier::start_with(&certs, &dir.path().join("wal"), env);
+    let mut v = Verifier::start_with(&certs, &dir.path().join("wal"), env);
     v.ready().await;
     (dir, certs, v)
 }
@@ -175,10 +175,23 @@ impl Verifier {
             .env("COHERENCE_DRAIN_SECONDS", "2")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file())
             .spawn()
             .expect("start coherence-verifier");
         self.child = Some(child);
+    }
+
+    /// The verifier's log (`<wal>.log`), kept across restarts.
+    pub fn log(&self) -> PathBuf {
+        self.wal.with_extension("log")
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("open the verifier's log")
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -197,8 +210,12 @@ impl Verifier {
         Client::new(&self.endpoint(), Some(cfg)).unwrap()
     }
 
-    /// Waits until `/readyz` answers 200.
-    pub async fn ready(&self) {
+    /// Waits (at most 30 s) until `/readyz` answers 200. Its ports were free when they were
+    /// chosen, but while it is down (a test's outage) another socket of the machine (any
+    /// test's outgoing connection) may hold one for a moment: a verifier that exits because
+    /// an address is in use is started again on the same ports. Any other exit fails here,
+    /// with the log.
+    pub async fn ready(&mut self) {
         let admin = Client::new(&format!("http://127.0.0.1:{}", self.admin), None).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -207,9 +224,24 @@ impl Verifier {
                     return;
                 }
             }
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().unwrap());
+            let path = self.log();
+            let log = || std::fs::read_to_string(&path).unwrap_or_default();
+            if let Some(status) = exited {
+                let log = log();
+                let last = log.lines().last().unwrap_or_default();
+                assert!(
+                    status.code() == Some(64) && last.contains("in use"),
+                    "the verifier exited ({status}); its log:\n{log}"
+                );
+                self.child = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.spawn();
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "verifier not ready within 30s"
+                "verifier not ready within 30s; its log:\n{}",
+                log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
